@@ -1,0 +1,88 @@
+// Argument checks shared by the CPU path and the CUDA host API. Each returns a Status whose
+// message names the argument and its value. None of them touches device memory.
+#pragma once
+
+#include <cstdint>
+
+#include "turboquant/format.hpp"
+#include "turboquant/status.hpp"
+#include "turboquant/view.hpp"
+
+namespace turboquant::checks {
+
+[[nodiscard]] inline bool aligned(const void* p, int64_t alignment) noexcept {
+  return (reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(alignment)) == 0;
+}
+
+// A view of vectors of `head_dim` values: non-null, at least one row, contiguous last dim,
+// strides that do not make rows overlap, a supported dtype, element alignment. With
+// `vector_alignment` > 0 the data pointer and row strides must also allow loads of that many bytes.
+template <typename Pointer>
+[[nodiscard]] Status vectors(const char* name, const BasicView<Pointer>& v, int32_t head_dim,
+                             int64_t vector_alignment = 0) noexcept {
+  if (v.data == nullptr) return make_status(StatusCode::kInvalidArgument, name, ".data = null");
+  if (v.dtype != DType::kF32 && v.dtype != DType::kF16 && v.dtype != DType::kBF16)
+    return make_status(StatusCode::kUnsupportedFormat, name, ".dtype = ", static_cast<int32_t>(v.dtype));
+  if (v.head_dim != head_dim)
+    return make_status(StatusCode::kInvalidArgument, name, ".head_dim = ", v.head_dim,
+                       " but the format's head_dim = ", head_dim);
+  if (v.dim0 <= 0) return make_status(StatusCode::kInvalidArgument, name, ".dim0 = ", v.dim0, ": must be > 0");
+  if (v.dim1 <= 0) return make_status(StatusCode::kInvalidArgument, name, ".dim1 = ", v.dim1, ": must be > 0");
+  if (v.dim1 > 1 && v.stride1 < head_dim)
+    return make_status(StatusCode::kInvalidArgument, name, ".stride1 = ", v.stride1,
+                       ": heads overlap (head_dim = ", head_dim, ")");
+  const int64_t span1 = (v.dim1 - 1) * v.stride1 + head_dim;
+  if (v.dim0 > 1 && v.stride0 < span1)
+    return make_status(StatusCode::kInvalidArgument, name, ".stride0 = ", v.stride0,
+                       ": rows overlap (one row spans ", span1, " elements)");
+  const int64_t esize = dtype_bytes(v.dtype);
+  if (!aligned(v.data, esize))
+    return make_status(StatusCode::kMisaligned, name, ".data = ", static_cast<const void*>(v.data),
+                       ": not aligned to its ", esize, "-byte elements");
+  if (vector_alignment > 0) {
+    if (!aligned(v.data, vector_alignment))
+      return make_status(StatusCode::kMisaligned, name, ".data = ", static_cast<const void*>(v.data),
+                         ": must be ", vector_alignment, "-byte aligned for vector loads");
+    if ((v.stride0 * esize) % vector_alignment != 0 && v.dim0 > 1)
+      return make_status(StatusCode::kMisaligned, name, ".stride0 = ", v.stride0, " elements (",
+                         v.stride0 * esize, " bytes): must be a multiple of ", vector_alignment, " bytes");
+    if ((v.stride1 * esize) % vector_alignment != 0 && v.dim1 > 1)
+      return make_status(StatusCode::kMisaligned, name, ".stride1 = ", v.stride1, " elements (",
+                         v.stride1 * esize, " bytes): must be a multiple of ", vector_alignment, " bytes");
+  }
+  return Status::ok();
+}
+
+template <typename Codes>
+[[nodiscard]] Status dense_codes(const char* name, const Codes& c, const CodecSpec& codec) noexcept {
+  if (c.codes == nullptr) return make_status(StatusCode::kInvalidArgument, name, ".codes = null");
+  if (c.scales == nullptr) return make_status(StatusCode::kInvalidArgument, name, ".scales = null");
+  if (!aligned(c.scales, norm_bytes(codec.norm)))
+    return make_status(StatusCode::kMisaligned, name, ".scales = ", static_cast<const void*>(c.scales),
+                       ": not aligned to ", norm_bytes(codec.norm), " bytes");
+  return Status::ok();
+}
+
+// A page pool side (K or V) that must be coded with `codec` (bits > 0).
+[[nodiscard]] inline Status pages(const char* name, const void* pages, int64_t num_pages,
+                                  const layout::PageLayout& l, bool value_side,
+                                  const CodecSpec& codec) noexcept {
+  if (pages == nullptr) return make_status(StatusCode::kInvalidArgument, name, ".pages = null");
+  if (num_pages <= 0) return make_status(StatusCode::kInvalidArgument, name, ".num_pages = ", num_pages);
+  if (l.page_size <= 0) return make_status(StatusCode::kInvalidArgument, name, ".layout.page_size = ", l.page_size);
+  if (l.kv_heads <= 0) return make_status(StatusCode::kInvalidArgument, name, ".layout.kv_heads = ", l.kv_heads);
+  if (!aligned(pages, layout::kAlignment))
+    return make_status(StatusCode::kMisaligned, name, ".pages = ", pages, ": must be 16-byte aligned");
+  const int64_t row = value_side ? l.value_row_bytes : l.key_row_bytes;
+  const int64_t scale = value_side ? l.value_scale_bytes : l.key_scale_bytes;
+  if (row != layout::code_bytes(codec.head_dim, codec.bits) || scale != norm_bytes(codec.norm))
+    return make_status(StatusCode::kInvalidArgument, name, ".layout: ", value_side ? "value" : "key",
+                       " rows of ", row, " bytes with ", scale, "-byte scales do not match head_dim = ",
+                       codec.head_dim, ", bits = ", codec.bits);
+  if (l.head_bytes % layout::kAlignment != 0 || l.page_bytes != l.head_bytes * l.kv_heads)
+    return make_status(StatusCode::kInvalidArgument, name, ".layout.page_bytes = ", l.page_bytes,
+                       ": not a layout from layout::page_layout()");
+  return Status::ok();
+}
+
+}  // namespace turboquant::checks
