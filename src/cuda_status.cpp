@@ -1,0 +1,2 @@
+// Placeholder translation unit; replaced by the CUDA codec work.
+namespace turboquant::cuda {}
