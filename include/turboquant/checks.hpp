@@ -85,4 +85,49 @@ template <typename Codes>
   return Status::ok();
 }
 
+// Exactly one of a dense array (codes / scales) and a page pool per call; `role` names the side
+// ("destination" or "source"). Sets *dense to which one was given.
+[[nodiscard]] inline Status dense_or_paged(const char* role, const void* codes, const void* scales,
+                                           const void* pages, bool* dense) noexcept {
+  const bool has_dense = codes != nullptr || scales != nullptr;
+  const bool has_paged = pages != nullptr;
+  if (has_dense == has_paged)
+    return make_status(StatusCode::kInvalidArgument, role, ": give exactly one of dense (codes = ",
+                       codes, ") and paged (pages = ", pages, ")");
+  *dense = has_dense;
+  return Status::ok();
+}
+
+// The host-side checks of writing `heads` heads per token into a page pool by slot (the slot
+// values themselves are not read here: on a GPU they are device memory).
+[[nodiscard]] inline Status paged_slots(const char* name, const PagedSlots& p, int32_t heads,
+                                        const CodecSpec& codec) noexcept {
+  TQ_RETURN_IF_ERROR(pages(name, p.pages, p.num_pages, p.layout, p.value_side, codec));
+  if (p.slot_mapping == nullptr)
+    return make_status(StatusCode::kInvalidArgument, name, ".slot_mapping = null");
+  if (heads != p.layout.kv_heads)
+    return make_status(StatusCode::kInvalidArgument, "input.dim1 = ", heads, " but ", name,
+                       ".layout.kv_heads = ", p.layout.kv_heads);
+  return Status::ok();
+}
+
+// The host-side checks of reading a page pool through a block table into `output`
+// [num_seqs * max_tokens, kv_heads, head_dim] (block_table and seq_lens are not read here).
+template <typename Pointer>
+[[nodiscard]] Status paged_cache(const char* name, const PagedCache& p, bool value_side,
+                                 int32_t max_tokens, const BasicView<Pointer>& output,
+                                 const CodecSpec& codec) noexcept {
+  TQ_RETURN_IF_ERROR(pages(name, p.pages, p.num_pages, p.layout, value_side, codec));
+  if (p.block_table == nullptr) return make_status(StatusCode::kInvalidArgument, name, ".block_table = null");
+  if (p.seq_lens == nullptr) return make_status(StatusCode::kInvalidArgument, name, ".seq_lens = null");
+  if (p.num_seqs <= 0) return make_status(StatusCode::kInvalidArgument, name, ".num_seqs = ", p.num_seqs);
+  if (output.dim1 != p.layout.kv_heads)
+    return make_status(StatusCode::kInvalidArgument, "output.dim1 = ", output.dim1, " but ", name,
+                       ".layout.kv_heads = ", p.layout.kv_heads);
+  if (max_tokens <= 0 || output.dim0 != static_cast<int64_t>(p.num_seqs) * max_tokens)
+    return make_status(StatusCode::kInvalidArgument, "output.dim0 = ", output.dim0,
+                       " but num_seqs * max_tokens = ", p.num_seqs, " * ", max_tokens);
+  return Status::ok();
+}
+
 }  // namespace turboquant::checks

@@ -54,11 +54,7 @@ inline void decode_vector(const CodecSpec& c, const uint8_t* codes, float scale,
 
 inline Status check_slots(const PagedSlots& p, int64_t tokens, int32_t heads,
                           const CodecSpec& c) noexcept {
-  TQ_RETURN_IF_ERROR(checks::pages("paged", p.pages, p.num_pages, p.layout, p.value_side, c));
-  if (p.slot_mapping == nullptr) return make_status(StatusCode::kInvalidArgument, "paged.slot_mapping = null");
-  if (heads != p.layout.kv_heads)
-    return make_status(StatusCode::kInvalidArgument, "input.dim1 = ", heads,
-                       " but paged.layout.kv_heads = ", p.layout.kv_heads);
+  TQ_RETURN_IF_ERROR(checks::paged_slots("paged", p, heads, c));
   const int64_t slots = p.num_pages * p.layout.page_size;
   for (int64_t t = 0; t < tokens; ++t)
     if (p.slot_mapping[t] >= slots)
@@ -73,13 +69,10 @@ inline Status check_slots(const PagedSlots& p, int64_t tokens, int32_t heads,
   const CodecSpec& c = a.codec;
   TQ_RETURN_IF_ERROR(validate(c));
   TQ_RETURN_IF_ERROR(checks::vectors("input", a.input, c.head_dim));
-  const bool dense = a.dense.codes != nullptr || a.dense.scales != nullptr;
-  const bool paged = a.paged.pages != nullptr;
-  if (dense == paged)
-    return make_status(StatusCode::kInvalidArgument, "destination: give exactly one of dense (codes = ",
-                       static_cast<const void*>(a.dense.codes), ") and paged (pages = ", a.paged.pages, ")");
+  bool dense = false;
+  TQ_RETURN_IF_ERROR(checks::dense_or_paged("destination", a.dense.codes, a.dense.scales, a.paged.pages, &dense));
   if (dense) TQ_RETURN_IF_ERROR(checks::dense_codes("dense", a.dense, c));
-  if (paged) TQ_RETURN_IF_ERROR(detail::check_slots(a.paged, a.input.dim0, a.input.dim1, c));
+  if (!dense) TQ_RETURN_IF_ERROR(detail::check_slots(a.paged, a.input.dim0, a.input.dim1, c));
   // Scan every value first, so a bad row leaves every output untouched.
   for (int64_t t = 0; t < a.input.dim0; ++t)
     for (int32_t h = 0; h < a.input.dim1; ++h)
@@ -114,11 +107,8 @@ inline Status check_slots(const PagedSlots& p, int64_t tokens, int32_t heads,
 [[nodiscard]] inline Status decode(const DecodeArgs& a) noexcept {
   const CodecSpec& c = a.codec;
   TQ_RETURN_IF_ERROR(validate(c));
-  const bool dense = a.dense.codes != nullptr || a.dense.scales != nullptr;
-  const bool paged = a.paged.pages != nullptr;
-  if (dense == paged)
-    return make_status(StatusCode::kInvalidArgument, "source: give exactly one of dense (codes = ",
-                       static_cast<const void*>(a.dense.codes), ") and paged (pages = ", a.paged.pages, ")");
+  bool dense = false;
+  TQ_RETURN_IF_ERROR(checks::dense_or_paged("source", a.dense.codes, a.dense.scales, a.paged.pages, &dense));
   TQ_RETURN_IF_ERROR(checks::vectors("output", a.output, c.head_dim));
   const int64_t cb = c.code_bytes();
   float x[kMaxHeadDim];
@@ -135,16 +125,7 @@ inline Status check_slots(const PagedSlots& p, int64_t tokens, int32_t heads,
   }
   const PagedCache& p = a.paged;
   const layout::PageLayout& l = p.layout;
-  TQ_RETURN_IF_ERROR(checks::pages("paged", p.pages, p.num_pages, l, a.value_side, c));
-  if (p.block_table == nullptr) return make_status(StatusCode::kInvalidArgument, "paged.block_table = null");
-  if (p.seq_lens == nullptr) return make_status(StatusCode::kInvalidArgument, "paged.seq_lens = null");
-  if (p.num_seqs <= 0) return make_status(StatusCode::kInvalidArgument, "paged.num_seqs = ", p.num_seqs);
-  if (a.output.dim1 != l.kv_heads)
-    return make_status(StatusCode::kInvalidArgument, "output.dim1 = ", a.output.dim1,
-                       " but paged.layout.kv_heads = ", l.kv_heads);
-  if (a.max_tokens <= 0 || a.output.dim0 != static_cast<int64_t>(p.num_seqs) * a.max_tokens)
-    return make_status(StatusCode::kInvalidArgument, "output.dim0 = ", a.output.dim0,
-                       " but num_seqs * max_tokens = ", p.num_seqs, " * ", a.max_tokens);
+  TQ_RETURN_IF_ERROR(checks::paged_cache("paged", p, a.value_side, a.max_tokens, a.output, c));
   for (int32_t s = 0; s < p.num_seqs; ++s) {
     const int32_t len = p.seq_lens[s];
     if (len < 0 || len > a.max_tokens ||

@@ -1,0 +1,99 @@
+// Codebook lookups and code packing for one chunk (8 coordinates) on the GPU, with the tables of
+// turboquant/codebook_search.hpp in shared memory:
+//   the grid (fast path): boundary[c] and below4[c] = 4 * below[c] (the byte offset of the level
+//   of the lowest index in cell c), c = the low bits of fmaf(u, scale, offset);
+//   the tree (general path): node[1 .. 2^B) boundaries in Eytzinger order, node[2^B + i] = levels[i].
+// Consecutive cells / nodes sit in consecutive shared-memory banks and the cells of a warp's
+// coordinates mostly lie within 32 consecutive ones, so the lookups rarely conflict.
+#pragma once
+
+#include <cstdint>
+
+#include "turboquant/codebook_search.hpp"
+#include "turboquant/device/common.cuh"
+
+namespace turboquant::device {
+
+inline constexpr uint32_t kLevelBytes = sizeof(float);
+inline constexpr int kLevelBytesLog2 = 2;
+
+// The grid lookup: 4 * index_of(u), the byte offset of u's level in the level table.
+__device__ inline uint32_t cell_level_offset(float u, const float* boundary, const uint32_t* below4,
+                                             float scale, float offset, uint32_t cell_mask) {
+  const uint32_t c = __float_as_uint(__fmaf_rn(u, scale, offset)) & cell_mask;
+  return below4[c] + ((u > boundary[c]) ? kLevelBytes : 0u);
+}
+
+// The tree lookup: 4 * index_of(u). root = node[1], left = node[2], right = node[3] (uniform
+// values, passed in registers).
+template <int Bits>
+__device__ inline uint32_t tree_level_offset(float u, const float* node, float root, float left, float right) {
+  const bool above_root = u > root;
+  uint32_t n = above_root ? 3u : 2u;
+  if constexpr (Bits >= 2) n = 2u * n + ((u > (above_root ? right : left)) ? 1u : 0u);
+#pragma unroll
+  for (int step = 2; step < Bits; ++step) n = 2u * n + ((u > node[n]) ? 1u : 0u);
+  return (n - (1u << Bits)) * kLevelBytes;
+}
+
+// The level at byte offset `offset4` of the level table `levels`.
+__device__ inline float level_at(const float* levels, uint32_t offset4) {
+  return *reinterpret_cast<const float*>(reinterpret_cast<const char*>(levels) + offset4);
+}
+
+// index << (Bits k), from offset4 = 4 * index: coordinate k's bits in the packed word of its chunk.
+template <int Bits>
+__device__ inline uint32_t packed_from_offset(uint32_t offset4, int k) {
+  const int shift = Bits * k - kLevelBytesLog2;
+  return shift >= 0 ? offset4 << shift : offset4 >> -shift;
+}
+
+inline constexpr uint32_t kByteMask = 0xffu;
+
+// Stores the packed word of chunk `chunk` (Bits bytes, LSB-first as turboquant/packing.hpp) into
+// the codes of a vector; `codes` is 4-byte aligned.
+template <int Bits>
+__device__ inline void store_chunk_codes(uint8_t* codes, int chunk, uint32_t word) {
+  uint8_t* p = codes + Bits * chunk;
+  if constexpr (Bits == 4) {
+    *reinterpret_cast<uint32_t*>(p) = word;
+  } else if constexpr (Bits == 2) {
+    *reinterpret_cast<uint16_t*>(p) = static_cast<uint16_t>(word);
+  } else if constexpr (Bits == 1) {
+    *p = static_cast<uint8_t>(word);
+  } else {
+    static_assert(Bits == 3, "bits must be 1..4");
+    // 3 bytes at 3 chunk: a 2-byte word at the even address among the first two, one byte beside.
+    const int odd = chunk & 1;
+    *reinterpret_cast<uint16_t*>(p + odd) = static_cast<uint16_t>(odd ? (word >> kBitsPerByte) : word);
+    p[odd ? 0 : 2] = static_cast<uint8_t>(odd ? word : (word >> (2 * kBitsPerByte)));
+  }
+}
+
+template <int Bits>
+__device__ inline uint32_t load_chunk_codes(const uint8_t* codes, int chunk) {
+  const uint8_t* p = codes + Bits * chunk;
+  if constexpr (Bits == 4) {
+    return __ldg(reinterpret_cast<const unsigned int*>(p));
+  } else if constexpr (Bits == 2) {
+    return __ldg(reinterpret_cast<const unsigned short*>(p));
+  } else if constexpr (Bits == 1) {
+    return __ldg(p);
+  } else {
+    static_assert(Bits == 3, "bits must be 1..4");
+    const int odd = chunk & 1;
+    const uint32_t half = __ldg(reinterpret_cast<const unsigned short*>(p + odd));
+    const uint32_t byte = __ldg(p + (odd ? 0 : 2));
+    return odd ? (byte | (half << kBitsPerByte)) : (half | (byte << (2 * kBitsPerByte)));
+  }
+}
+
+// 4 * index of coordinate k of a packed chunk word: the byte offset of its level.
+template <int Bits>
+__device__ inline uint32_t unpacked_offset(uint32_t word, int k) {
+  const int shift = Bits * k - kLevelBytesLog2;
+  const uint32_t mask = ((1u << Bits) - 1u) << kLevelBytesLog2;
+  return (shift >= 0 ? word >> shift : word << -shift) & mask;
+}
+
+}  // namespace turboquant::device

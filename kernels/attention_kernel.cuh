@@ -1,0 +1,770 @@
+// Decode attention on the packed, paged cache: the split kernel (flash-decoding over the context,
+// tensor cores on codes dequantised through shared-memory tables) and the merge kernel (log-sum-exp
+// merge of the splits, inverse RHT, output). Private to turboquant::cuda; instantiated by
+// kernels/attention_d<HeadDim>.cu from the list in kernels/attention_instances.inc. Design and
+// numbers: kernels/ATTENTION_NOTES.md.
+//
+// Split kernel, grid (num_splits, kv_heads * head_tiles, num_seqs), kAttentionWarps warps:
+//   1. the CTA's range: the attended tokens [first, len) of its sequence, in 16-token chunks,
+//      divided evenly over the splits; an empty range writes (max, sum) = (-inf, 0) and returns;
+//   2. shared-memory tables mapping a pair of codes (2 * bits bits) to their two levels: for V a
+//      half2, one copy per lane (entry e of lane l at word e * 32 + l: a 32-bit load is conflict-free
+//      for any codes); for K a hi + lo pair of half2 (level = hi + lo to ~22 bits: fp16 levels
+//      alone put errors of 2^-12 * |logit| into the logits), one copy per lane of a half-warp (a
+//      64-bit load is served per half-warp);
+//   3. the queries of the head tile (up to 8 heads of one GQA group) rotated with the keys' RHT in
+//      fp32 (device/rht.cuh), normalised by their largest coordinate and split into fp16 hi + lo;
+//   4. each warp walks every kAttentionWarps-th chunk, prefetching the next chunk's codes and scales
+//      into registers, and per chunk runs
+//        S = Q K^T  as 2 (n-tiles of 8 tokens) x HeadDim/16 (k-steps) x 2 (level hi, lo)
+//                   mma.m16n8k16: A = queries (rows 0-7 the hi parts of heads 0-7, rows 8-15 the
+//                   lo parts, so S = C[g] + C[g + 8]), B = key codes -> half2 levels (hi, then lo);
+//        online softmax per head in log2 units (max, sum, rescale of the accumulators);
+//        O^T += V^T P'  as HeadDim/16 mma.m16n8k16: A = value codes -> half2 levels (m = coordinates,
+//                   k = the 16 tokens), B = P' = p_t * value_scale_t in fp16 (n = the 8 heads);
+//      every coordinate permutation below is chosen so that a lane's codes are one contiguous
+//      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
+//   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
+// Merge kernel, one warp-fraction per (sequence, query head) (device::VectorLayout): combines the
+// splits by log-sum-exp, divides by the sum, applies x = s * H y / sqrt(d) with the values' signs
+// (device::walsh_hadamard, the CPU's stage order) and writes out (q's dtype) and lse.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "attention_params.hpp"
+#include "turboquant/cuda/attention.hpp"
+#include "turboquant/device/common.cuh"
+#include "turboquant/device/rht.cuh"
+#include "turboquant/numeric.hpp"
+#include "turboquant/rht.hpp"
+#include "turboquant/signs.hpp"
+
+namespace turboquant::cuda::detail {
+namespace attention_kernel {
+
+using device::kFullWarpMask;
+using device::kWarpSize;
+
+// ---- mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 ------------------------------------------
+// Fragments (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point type"); a lane is
+// (group, quad) = (lane / 4, lane % 4):
+//   A 16x16: reg0 = A[group][2 quad + {0,1}],     reg1 = A[group + 8][2 quad + {0,1}],
+//            reg2 = A[group][8 + 2 quad + {0,1}], reg3 = A[group + 8][8 + 2 quad + {0,1}];
+//   B 16x8:  reg0 = B[2 quad + {0,1}][group],     reg1 = B[8 + 2 quad + {0,1}][group];
+//   C 16x8:  c0, c1 = C[group][2 quad + {0,1}],   c2, c3 = C[group + 8][2 quad + {0,1}].
+// (Two halves in a register: the lower index in the low 16 bits.)
+inline constexpr int kMmaM = 16;
+inline constexpr int kMmaN = 8;
+inline constexpr int kMmaK = 16;
+inline constexpr int kQuads = 4;                    // lanes of one group
+inline constexpr int kGroups = kWarpSize / kQuads;  // groups of a warp: 8
+
+inline constexpr int kThreads = kAttentionWarps * kWarpSize;
+inline constexpr int kHeads = kAttentionHeadsPerCta;
+inline constexpr int kChunkTokens = kAttentionChunkTokens;
+static_assert(kChunkTokens == kMmaK && kChunkTokens == 2 * kMmaN,
+              "a chunk is the k extent of one P.V mma and two n-tiles of Q.K^T");
+static_assert(kHeads == kMmaN && kHeads == kGroups, "one head per group: the n extent of P.V");
+// Two consecutive elements share a 32-bit register (k indices 2 quad + {0, 1} of a fragment, the
+// two codes of a table entry, two fp16 values).
+inline constexpr int kPair = 2;
+inline constexpr int kNTiles = kChunkTokens / kMmaN;  // Q.K^T n-tiles of a chunk: 2
+// Tokens of a chunk a lane scores and weights: 2 quad + {0, 1} of each n-tile (i = 2 n-tile + e).
+inline constexpr int kLaneTokens = kNTiles * kPair;
+inline constexpr int kARegs = 4;    // f16x2 A registers of one m16k16 tile
+inline constexpr int kAccRegs = 4;  // fp32 C registers of one m16n8 tile
+
+inline constexpr float kLog2e = 1.44269504088896340736f;  // softmax runs in log2 units (exp2f)
+inline constexpr float kLn2 = 0.69314718055994530942f;
+inline constexpr float kNegInf = -__builtin_huge_valf();
+
+inline constexpr int kBitsPerByte = 8;
+inline constexpr int kBitsPerWord = 32;
+inline constexpr int kBytesPerWord = 4;
+inline constexpr int kHalfBits = 16;
+inline constexpr uint32_t kLowHalfMask = 0xffffu;
+inline constexpr int kMaxLoadBytes = 16;  // one vector load
+// __byte_perm selectors: (x.low, y.low) and (x.high, y.high) halves.
+inline constexpr uint32_t kPermLowHalves = 0x5410u;
+inline constexpr uint32_t kPermHighHalves = 0x7632u;
+// Elements of a q / out row are 2 bytes (f16 / bf16).
+inline constexpr int kQElementBytes = 2;
+
+inline constexpr int kMergeThreads = 128;
+
+// Lane copies of the pair tables. A 32-bit shared load of a warp is one pass over the 32 banks:
+// one copy per lane keeps any mix of entries conflict-free. A 64-bit load is served per half-warp:
+// one copy per lane of a half-warp suffices.
+inline constexpr int kValueTableCopies = kWarpSize;
+inline constexpr int kKeyTableCopies = kWarpSize / 2;
+
+[[nodiscard]] TQ_HOST_DEVICE constexpr int lowest_bit(int x) { return x & -x; }
+[[nodiscard]] TQ_HOST_DEVICE constexpr int min_int(int a, int b) { return a < b ? a : b; }
+[[nodiscard]] TQ_HOST_DEVICE constexpr size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+[[nodiscard]] TQ_HOST_DEVICE constexpr int words_for(int bytes) { return (bytes + kBytesPerWord - 1) / kBytesPerWord; }
+
+// Compile-time geometry of one instance.
+//
+// Q.K^T: lane (group, quad) holds key rows `group` (n-tile 0) and 8 + group (n-tile 1) of a chunk,
+// coordinates [quad * d/4, (quad + 1) * d/4) of each: a contiguous quarter row. In k-step kk its B
+// registers are the code pairs 2 kk and 2 kk + 1 of that quarter, so mma k index
+// 2 quad + e <-> coordinate quad * d/4 + 4 kk + e and 8 + 2 quad + e <-> quad * d/4 + 4 kk + 2 + e;
+// the query registers follow the same map.
+//
+// P.V: m-tile mt, row group <-> coordinate group * d/8 + 2 mt, row group + 8 <-> the next one, so
+// lane (group, quad) needs the contiguous eighth [group * d/8, (group + 1) * d/8) of value rows
+// 2 quad, 2 quad + 1, 8 + 2 quad, 9 + 2 quad (its A registers' k = tokens); code pair mt of an
+// eighth is one table lookup giving (row group, row group + 8) of one token.
+template <int HeadDim, int KeyBits, int ValueBits>
+struct Shape {
+  static_assert(HeadDim % kMmaK == 0, "head_dim must be a multiple of 16");
+  static constexpr int kKSteps = HeadDim / kMmaK;  // Q.K^T mmas per n-tile
+  static constexpr int kMTiles = HeadDim / kMmaM;  // P.V mmas per chunk
+
+  static constexpr int kKeyRowBytes = HeadDim * KeyBits / kBitsPerByte;
+  static constexpr int kKeySegmentCoords = HeadDim / kQuads;
+  static constexpr int kKeySegmentBytes = kKeyRowBytes / kQuads;
+  // Rows start 16-byte aligned planes at multiples of the row size; segments at multiples of theirs.
+  static constexpr int kKeySegmentAlign =
+      min_int(min_int(lowest_bit(kKeyRowBytes), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
+  static constexpr int kKeyWords = words_for(kKeySegmentBytes);
+  static constexpr int kKeyPairBits = kPair * KeyBits;
+  static constexpr int kCoordsPerKStep = 2 * kPair;  // of a lane's quarter: b0 and b1, a pair each
+
+  static constexpr int kValueRowBytes = HeadDim * ValueBits / kBitsPerByte;
+  static constexpr int kValueSegmentCoords = HeadDim / kGroups;
+  static constexpr int kValueSegmentBytes = kValueRowBytes / kGroups;
+  static constexpr int kValueSegmentAlign =
+      min_int(min_int(lowest_bit(kValueRowBytes), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
+  static constexpr int kValueWords = words_for(kValueSegmentBytes);
+  static constexpr int kValuePairBits = kPair * ValueBits;
+
+  static_assert(kKeyRowBytes % kQuads == 0 && kValueRowBytes % kGroups == 0,
+                "a lane's segment of a row must be whole bytes");
+  static_assert(kKeySegmentCoords == kCoordsPerKStep * kKSteps, "two code pairs per k-step");
+  static_assert(kValueSegmentCoords == kPair * kMTiles, "one code pair per m-tile");
+
+  // Shared memory: the two pair tables, the query tile (hi and lo), the per-head logit factors;
+  // after the main loop the same bytes hold the warps' partials (rows padded by one float to
+  // spread the banks).
+  static constexpr int kKeyTableEntries = (1 << kKeyPairBits) * kKeyTableCopies;      // uint2 {hi, lo}
+  static constexpr int kValueTableWords = (1 << kValuePairBits) * kValueTableCopies;  // half2
+  static constexpr int kQueryHalves = kHeads * HeadDim;
+  static constexpr size_t kMainBytes = sizeof(uint2) * kKeyTableEntries + sizeof(uint32_t) * kValueTableWords +
+                                       2 * sizeof(__half) * kQueryHalves + sizeof(float) * kHeads;
+  static constexpr int kMergeRowStride = HeadDim + 1;
+  static constexpr size_t kMergeOutFloats = size_t{kAttentionWarps} * kHeads * kMergeRowStride;
+  static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kAttentionWarps * kHeads;
+  static constexpr size_t kSmemBytes = max_size(kMainBytes, kMergeBytes);
+};
+
+// ---- small device helpers -------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t half2_bits(float low, float high) {
+  const __half2 h = __floats2half2_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                             uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Bytes [p, p + Bytes) of read-only global memory as little-endian words (bits beyond Bytes are
+// unspecified). Align is what the caller guarantees for p. Below 4-byte alignment the covering
+// aligned words are loaded (at most 4 bytes past the segment: the next row or the next plane of
+// the same page, never outside the pool) and funnel-shifted.
+template <int Bytes, int Align>
+__device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t (&w)[words_for(Bytes)]) {
+  constexpr int kWide = sizeof(uint4), kDouble = sizeof(uint2), kWord = sizeof(uint32_t);
+  if constexpr (Align >= kWide && Bytes % kWide == 0) {
+#pragma unroll
+    for (int i = 0; i < Bytes / kWide; ++i) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      constexpr int kW = kWide / kWord;
+      w[kW * i] = v.x;
+      w[kW * i + 1] = v.y;
+      w[kW * i + 2] = v.z;
+      w[kW * i + 3] = v.w;
+    }
+  } else if constexpr (Align >= kDouble && Bytes % kDouble == 0) {
+#pragma unroll
+    for (int i = 0; i < Bytes / kDouble; ++i) {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + i);
+      constexpr int kW = kDouble / kWord;
+      w[kW * i] = v.x;
+      w[kW * i + 1] = v.y;
+    }
+  } else if constexpr (Align >= kWord && Bytes % kWord == 0) {
+#pragma unroll
+    for (int i = 0; i < Bytes / kWord; ++i) w[i] = __ldg(reinterpret_cast<const unsigned int*>(p) + i);
+  } else {
+    constexpr int kWords = words_for(Bytes);
+    const auto address = reinterpret_cast<uintptr_t>(p);
+    const auto* base = reinterpret_cast<const unsigned int*>(address & ~uintptr_t{kBytesPerWord - 1});
+    const auto shift = static_cast<uint32_t>(address & (kBytesPerWord - 1)) * kBitsPerByte;
+    uint32_t raw[kWords + 1];
+#pragma unroll
+    for (int i = 0; i <= kWords; ++i) raw[i] = __ldg(base + i);
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(raw[i], raw[i + 1], shift);
+  }
+}
+
+// Code pair i (bits [i * PairBits, (i + 1) * PairBits)) of a little-endian word stream; i is a
+// compile-time constant after unrolling, so this is one shift (or funnel shift) and one AND.
+template <int PairBits, int Words>
+__device__ __forceinline__ uint32_t code_pair(const uint32_t (&w)[Words], int i) {
+  const int bit = i * PairBits;
+  const int word = bit / kBitsPerWord, offset = bit % kBitsPerWord;
+  uint32_t v;
+  if (offset + PairBits <= kBitsPerWord) {
+    v = w[word] >> offset;
+  } else {
+    v = __funnelshift_r(w[word], w[word + 1], offset);
+  }
+  return v & ((1u << PairBits) - 1u);
+}
+
+// ---- query / output rows (f16 | bf16): one chunk of 8 coordinates per 16-byte access ------------
+
+inline constexpr int kChunksPerSignWord = 64 / device::kChunk;  // SignBits words hold 64 signs
+inline constexpr uint32_t kChunkSignMask = (1u << device::kChunk) - 1u;
+
+// Bit k set: coordinate 8 c + k is negated.
+__device__ __forceinline__ uint32_t chunk_sign_bits(const SignBits& signs, int c) {
+  return static_cast<uint32_t>(signs.words[c / kChunksPerSignWord] >> ((c % kChunksPerSignWord) * device::kChunk)) &
+         kChunkSignMask;
+}
+
+template <DType T>
+__device__ __forceinline__ float element_to_float(uint32_t bits16) {
+  if constexpr (T == DType::kF16) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
+  } else {
+    return __uint_as_float(bits16 << kHalfBits);
+  }
+}
+
+template <DType T>
+__device__ __forceinline__ uint32_t pack_elements(float low, float high) {
+  if constexpr (T == DType::kF16) {
+    const __half2 h = __floats2half2_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 b = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&b);
+  }
+}
+
+// x = chunk c of a row (at src, 16-byte aligned) as floats, times the signs of `signs`.
+template <DType T>
+__device__ __forceinline__ void load_row_chunk(const uint8_t* src, const SignBits& signs, int c,
+                                               float (&x)[device::kChunk]) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+  const uint32_t w[device::kPairsPerChunk] = {v.x, v.y, v.z, v.w};
+  const uint32_t negate = chunk_sign_bits(signs, c);
+#pragma unroll
+  for (int i = 0; i < device::kPairsPerChunk; ++i) {
+    const float low = element_to_float<T>(w[i] & kLowHalfMask), high = element_to_float<T>(w[i] >> kHalfBits);
+    x[2 * i] = ((negate >> (2 * i)) & 1u) ? -low : low;
+    x[2 * i + 1] = ((negate >> (2 * i + 1)) & 1u) ? -high : high;
+  }
+}
+
+// Stores x times the signs of `signs` as chunk c of a row (at dst, 16-byte aligned); rounding to
+// nearest even is symmetric, so negating before it equals negating after.
+template <DType T>
+__device__ __forceinline__ void store_row_chunk(uint8_t* dst, const SignBits& signs, int c,
+                                                const float (&x)[device::kChunk]) {
+  const uint32_t negate = chunk_sign_bits(signs, c);
+  uint32_t w[device::kPairsPerChunk];
+#pragma unroll
+  for (int i = 0; i < device::kPairsPerChunk; ++i) {
+    const float low = ((negate >> (2 * i)) & 1u) ? -x[2 * i] : x[2 * i];
+    const float high = ((negate >> (2 * i + 1)) & 1u) ? -x[2 * i + 1] : x[2 * i + 1];
+    w[i] = pack_elements<T>(low, high);
+  }
+  *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Scale i (i = 2 n-tile + e: chunk row 8 n-tile + 2 quad + e) from the raw words of load_scales.
+__device__ __forceinline__ float scale_at(const uint32_t (&raw)[kLaneTokens], NormStorage norm, int i) {
+  if (norm == NormStorage::kF32) return __uint_as_float(raw[i]);
+  const uint32_t pair = raw[i / kPair];
+  const auto bits = static_cast<unsigned short>((i % kPair) ? (pair >> kHalfBits) : (pair & kLowHalfMask));
+  return __half2float(__ushort_as_half(bits));
+}
+
+// The scales of chunk rows 2 quad, 2 quad + 1, 8 + 2 quad, 9 + 2 quad: fp16 -> raw[0..1] (two per
+// word), fp32 -> raw[0..3].
+__device__ __forceinline__ void load_scales(const uint8_t* plane, int row0, NormStorage norm, int quad,
+                                            uint32_t (&raw)[kLaneTokens]) {
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt) {
+    const int row = row0 + nt * kMmaN + kPair * quad;
+    if (norm == NormStorage::kF32) {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(plane + static_cast<int64_t>(row) * sizeof(float)));
+      raw[kPair * nt] = v.x;
+      raw[kPair * nt + 1] = v.y;
+    } else {
+      raw[nt] = __ldg(reinterpret_cast<const unsigned int*>(plane + static_cast<int64_t>(row) * sizeof(uint16_t)));
+      raw[kNTiles + nt] = 0u;
+    }
+  }
+}
+
+// What one lane holds of one chunk (see Shape for the maps).
+template <class S>
+struct ChunkRegs {
+  uint32_t key[kNTiles][S::kKeyWords];          // n-tile nt: quarter `quad` of key row 8 nt + group
+  uint32_t value[kLaneTokens][S::kValueWords];  // eighth `group` of value rows 2 quad + {0, 1}, 8 + 2 quad + {0, 1}
+  uint32_t key_scale[kLaneTokens];              // load_scales
+  uint32_t value_scale[kLaneTokens];
+  bool page_ok;                       // the block-table entry is inside the pool
+};
+
+template <class S>
+__device__ __forceinline__ void load_chunk_regs(const AttentionParams& p, int seq, int kv, int chunk,
+                                                int group, int quad, ChunkRegs<S>& r) {
+  const int token0 = chunk * kChunkTokens;
+  const int slot = token0 / p.page_size;
+  const int row0 = token0 - slot * p.page_size;  // a multiple of 16: the chunk stays in its page
+  int page = __ldg(p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq + slot);
+  r.page_ok = page >= 0 && page < p.num_pages;
+  if (!r.page_ok) page = 0;  // read something harmless; every token of the chunk is masked
+  const uint8_t* head = p.pages + page * p.page_bytes + kv * p.head_bytes;
+  const uint8_t* key_rows = head + p.key_codes_offset + static_cast<int64_t>(row0) * S::kKeyRowBytes;
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt)
+    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(
+        key_rows + (nt * kMmaN + group) * S::kKeyRowBytes + quad * S::kKeySegmentBytes, r.key[nt]);
+  const uint8_t* value_rows = head + p.value_codes_offset + static_cast<int64_t>(row0) * S::kValueRowBytes;
+#pragma unroll
+  for (int i = 0; i < kLaneTokens; ++i) {
+    const int row = (i / kPair) * kMmaN + kPair * quad + i % kPair;
+    load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(
+        value_rows + row * S::kValueRowBytes + group * S::kValueSegmentBytes, r.value[i]);
+  }
+  load_scales(head + p.key_scales_offset, row0, p.key_norm, quad, r.key_scale);
+  load_scales(head + p.value_scales_offset, row0, p.value_norm, quad, r.value_scale);
+}
+
+// Value pair table: entry e (codes e & mask, e >> Bits) of lane l at word e * 32 + l, the half2
+// of the two levels.
+template <int Bits>
+__device__ __forceinline__ void build_value_table(uint32_t* table, const float* levels) {
+  constexpr int kEntries = 1 << (kPair * Bits);
+  constexpr uint32_t kMask = (1u << Bits) - 1u;
+  constexpr int kCopiesPerStore = sizeof(uint4) / sizeof(uint32_t);
+  constexpr int kStoresPerEntry = kValueTableCopies / kCopiesPerStore;
+  for (int i = threadIdx.x; i < kEntries * kStoresPerEntry; i += kThreads) {
+    const int e = i / kStoresPerEntry, s = i % kStoresPerEntry;
+    const uint32_t w = half2_bits(levels[e & kMask], levels[static_cast<uint32_t>(e) >> Bits]);
+    reinterpret_cast<uint4*>(table + e * kValueTableCopies)[s] = make_uint4(w, w, w, w);
+  }
+}
+
+// Key pair table: entry e of lane l (of a half-warp) at e * 16 + l % 16, {hi, lo} half2 of the two
+// levels with level = hi + lo (lo = the fp16 rounding of level - hi).
+template <int Bits>
+__device__ __forceinline__ void build_key_table(uint2* table, const float* levels) {
+  constexpr int kEntries = 1 << (kPair * Bits);
+  constexpr uint32_t kMask = (1u << Bits) - 1u;
+  constexpr int kCopiesPerStore = sizeof(uint4) / sizeof(uint2);
+  constexpr int kStoresPerEntry = kKeyTableCopies / kCopiesPerStore;
+  for (int i = threadIdx.x; i < kEntries * kStoresPerEntry; i += kThreads) {
+    const int e = i / kStoresPerEntry, s = i % kStoresPerEntry;
+    const float low = levels[e & kMask], high = levels[static_cast<uint32_t>(e) >> Bits];
+    const __half2 h = __floats2half2_rn(low, high);
+    const float2 back = __half22float2(h);
+    const uint32_t hi = *reinterpret_cast<const uint32_t*>(&h);
+    const uint32_t lo = half2_bits(low - back.x, high - back.y);
+    reinterpret_cast<uint4*>(table + e * kKeyTableCopies)[s] = make_uint4(hi, lo, hi, lo);
+  }
+}
+
+// Rotates the queries of local heads [0, heads) (the rest are zero), normalises each by its largest
+// coordinate and stores hi / lo fp16 parts and the factor max * softmax_scale.
+template <int HeadDim, DType QType>
+__device__ __forceinline__ void rotate_queries(const AttentionParams& p, int seq, int q_head0, int heads,
+                                               __half* q_hi, __half* q_lo, float* factor) {
+  using Layout = device::VectorLayout<HeadDim>;
+  constexpr int kRotatingWarps = (kHeads + Layout::kVectorsPerWarp - 1) / Layout::kVectorsPerWarp;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  if (warp >= kRotatingWarps) return;  // warp-uniform
+  const int v = warp * Layout::kVectorsPerWarp + lane / Layout::kLanes;  // local head
+  const int l = lane % Layout::kLanes;
+  float x[Layout::kChunks][device::kChunk];
+  if (v < heads) {
+    const auto* row = static_cast<const uint8_t*>(p.q) +
+                      (static_cast<int64_t>(seq) * p.q_stride0 + static_cast<int64_t>(q_head0 + v) * p.q_stride1) *
+                          kQElementBytes;
+#pragma unroll
+    for (int u = 0; u < Layout::kChunks; ++u) {
+      const int c = Layout::chunk_index(l, u);
+      load_row_chunk<QType>(row + c * device::kChunk * kQElementBytes, p.key_signs, c, x[u]);
+    }
+  } else {
+#pragma unroll
+    for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+      for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
+  }
+  device::walsh_hadamard<HeadDim>(x, lane);
+  const float scale = rht_scale<float>(HeadDim);
+  float largest = 0.0f;
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+    for (int k = 0; k < device::kChunk; ++k) {
+      x[u][k] *= scale;
+      largest = fmaxf(largest, fabsf(x[u][k]));
+    }
+#pragma unroll
+  for (int d = 1; d < Layout::kLanes; d <<= 1) largest = fmaxf(largest, __shfl_xor_sync(kFullWarpMask, largest, d));
+  if (v >= kHeads) return;  // no shuffles below
+  const float inverse = largest > 0.0f ? 1.0f / largest : 0.0f;
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u) {
+    const int c = Layout::chunk_index(l, u);
+    uint32_t hi[device::kPairsPerChunk], lo[device::kPairsPerChunk];
+#pragma unroll
+    for (int i = 0; i < device::kPairsPerChunk; ++i) {
+      const float a = x[u][2 * i] * inverse, b = x[u][2 * i + 1] * inverse;
+      const __half2 h = __floats2half2_rn(a, b);
+      const float2 back = __half22float2(h);
+      hi[i] = *reinterpret_cast<const uint32_t*>(&h);
+      lo[i] = half2_bits(a - back.x, b - back.y);
+    }
+    const int at = v * HeadDim + c * device::kChunk;
+    *reinterpret_cast<uint4*>(q_hi + at) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+    *reinterpret_cast<uint4*>(q_lo + at) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+  }
+  if (l == 0) factor[v] = largest * p.softmax_scale;
+}
+
+// One chunk of one warp: scores, online softmax, value accumulation.
+template <class S>
+__device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, int token0,
+                                             int first, int len, int quad, float factor,
+                                             const uint32_t (&qf)[S::kKSteps][kARegs], const uint2* key_table,
+                                             const uint32_t* value_table, float& m_run, float& l_run,
+                                             float (&acc)[S::kMTiles][kAccRegs]) {
+  // S = Q K^T for tokens 8 nt + [0, 8): s[nt][e] + s[nt][2 + e] = score of head `group`, token 8 nt + 2 quad + e
+  // (levels hi and lo accumulate into the same registers).
+  float s[kNTiles][kAccRegs] = {};
+#pragma unroll
+  for (int kk = 0; kk < S::kKSteps; ++kk)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      const uint2 b0 = key_table[code_pair<S::kKeyPairBits>(r.key[nt], kPair * kk) * kKeyTableCopies];
+      const uint2 b1 = key_table[code_pair<S::kKeyPairBits>(r.key[nt], kPair * kk + 1) * kKeyTableCopies];
+      mma_m16n8k16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b0.x, b1.x);
+      mma_m16n8k16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b0.y, b1.y);
+    }
+  // Logits in log2 units; i = 2 nt + e.
+  float x[kLaneTokens];
+  bool valid[kLaneTokens];
+#pragma unroll
+  for (int i = 0; i < kLaneTokens; ++i) {
+    const int nt = i / kPair, e = i % kPair;
+    const int token = token0 + nt * kMmaN + kPair * quad + e;
+    valid[i] = r.page_ok && token >= first && token < len;
+    float z = (s[nt][e] + s[nt][kPair + e]) * scale_at(r.key_scale, p.key_norm, i) * factor;
+    if (p.logit_softcap > 0.0f) z = p.logit_softcap * tanhf(z / p.logit_softcap);
+    x[i] = valid[i] ? z * kLog2e : kNegInf;
+  }
+  float chunk_max = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+#pragma unroll
+  for (int d = 1; d < kQuads; d <<= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullWarpMask, chunk_max, d));
+  const float m_new = fmaxf(m_run, chunk_max);
+  const float m_use = m_new == kNegInf ? 0.0f : m_new;  // nothing attended yet: keep exp2 finite
+  const float alpha = exp2f(m_run - m_use);
+  float prob[kLaneTokens], sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kLaneTokens; ++i) {
+    prob[i] = exp2f(x[i] - m_use);
+    sum += prob[i];
+  }
+  l_run = l_run * alpha + sum;
+  if (__any_sync(kFullWarpMask, m_new > m_run)) {
+    // Accumulator columns are heads 2 quad and 2 quad + 1, owned by groups 2 quad and 2 quad + 1.
+    const float alpha_even = __shfl_sync(kFullWarpMask, alpha, kPair * quad * kQuads);
+    const float alpha_odd = __shfl_sync(kFullWarpMask, alpha, (kPair * quad + 1) * kQuads);
+#pragma unroll
+    for (int mt = 0; mt < S::kMTiles; ++mt) {
+      acc[mt][0] *= alpha_even;
+      acc[mt][1] *= alpha_odd;
+      acc[mt][2] *= alpha_even;
+      acc[mt][3] *= alpha_odd;
+    }
+  }
+  m_run = m_new;
+  // O^T += V^T P': B = P' of head `group`, tokens 2 quad + {0, 1} and 8 + 2 quad + {0, 1}.
+  float weight[kLaneTokens];
+#pragma unroll
+  for (int i = 0; i < kLaneTokens; ++i) weight[i] = valid[i] ? prob[i] * scale_at(r.value_scale, p.value_norm, i) : 0.0f;
+  const uint32_t b0 = half2_bits(weight[0], weight[1]);
+  const uint32_t b1 = half2_bits(weight[2], weight[3]);
+#pragma unroll
+  for (int mt = 0; mt < S::kMTiles; ++mt) {
+    const uint32_t v0 = value_table[code_pair<S::kValuePairBits>(r.value[0], mt) * kValueTableCopies];
+    const uint32_t v1 = value_table[code_pair<S::kValuePairBits>(r.value[1], mt) * kValueTableCopies];
+    const uint32_t v2 = value_table[code_pair<S::kValuePairBits>(r.value[2], mt) * kValueTableCopies];
+    const uint32_t v3 = value_table[code_pair<S::kValuePairBits>(r.value[3], mt) * kValueTableCopies];
+    mma_m16n8k16(acc[mt], __byte_perm(v0, v1, kPermLowHalves), __byte_perm(v0, v1, kPermHighHalves),
+                 __byte_perm(v2, v3, kPermLowHalves), __byte_perm(v2, v3, kPermHighHalves), b0, b1);
+  }
+}
+
+// Resident split CTAs per SM the register allocation aims at: 3 (<= 168 registers) up to
+// head_dim 128, 2 (<= 255) for 256, whose accumulators and query fragments take twice the registers.
+// Shared memory allows this many (Shape::kSmemBytes <= 72 KB).
+template <int HeadDim>
+inline constexpr int kMinSplitCtasPerSm = HeadDim <= 128 ? 3 : 2;
+
+template <int HeadDim, int KeyBits, int ValueBits, DType QType>
+__global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
+    decode_attention_split_kernel(const __grid_constant__ AttentionParams p) {
+  using S = Shape<HeadDim, KeyBits, ValueBits>;
+  extern __shared__ __align__(kMaxLoadBytes) uint8_t smem[];
+  auto* key_table = reinterpret_cast<uint2*>(smem);
+  auto* value_table = reinterpret_cast<uint32_t*>(key_table + S::kKeyTableEntries);
+  auto* q_hi = reinterpret_cast<__half*>(value_table + S::kValueTableWords);
+  __half* q_lo = q_hi + S::kQueryHalves;
+  auto* factor_s = reinterpret_cast<float*>(q_lo + S::kQueryHalves);
+  auto* merge_out = reinterpret_cast<float*>(smem);                             // after the main loop
+  auto* merge_max_sum = reinterpret_cast<float2*>(merge_out + S::kMergeOutFloats);
+
+  const int split = blockIdx.x;
+  const int kv = blockIdx.y / p.head_tiles;
+  const int tile = blockIdx.y - kv * p.head_tiles;
+  const int seq = blockIdx.z;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int group = lane / kQuads, quad = lane % kQuads;
+
+  // The CTA's chunks: the attended range [first, len) in 16-token chunks, split evenly.
+  const int64_t capacity = static_cast<int64_t>(p.max_pages_per_seq) * p.page_size;
+  const int64_t raw_len = __ldg(p.seq_lens + seq);
+  const int len = static_cast<int>(raw_len < 0 ? 0 : (raw_len > capacity ? capacity : raw_len));
+  const int first = (p.sliding_window > 0 && len > p.sliding_window) ? len - p.sliding_window : 0;
+  const int chunk_first = first / kChunkTokens;
+  const int chunk_end = (len + kChunkTokens - 1) / kChunkTokens;
+  const int per_split = (chunk_end - chunk_first + p.num_splits - 1) / p.num_splits;
+  const int begin = chunk_first + split * per_split;
+  const int end = min(chunk_end, begin + per_split);
+  const int head0 = tile * kHeads;
+  const int heads = min(kHeads, p.group - head0);
+  const int64_t row0 = static_cast<int64_t>(seq) * p.q_heads + static_cast<int64_t>(kv) * p.group + head0;
+  auto* partial_max_sum = reinterpret_cast<float2*>(p.partial_max_sum);
+
+  if (begin >= end) {  // nothing to attend in this split: the merge skips it (partial_out unread)
+    if (threadIdx.x < heads)
+      partial_max_sum[(row0 + threadIdx.x) * p.num_splits + split] = make_float2(kNegInf, 0.0f);
+    return;
+  }
+
+  build_key_table<KeyBits>(key_table, p.key_levels);
+  build_value_table<ValueBits>(value_table, p.value_levels);
+  rotate_queries<HeadDim, QType>(p, seq, kv * p.group + head0, heads, q_hi, q_lo, factor_s);
+  __syncthreads();
+
+  // Query A fragments of k-step kk: {hi(c, c+1), lo(c, c+1), hi(c+2, c+3), lo(c+2, c+3)} of head
+  // `group`, c = quad * d/4 + 4 kk (rows 0-7 hi, rows 8-15 lo).
+  uint32_t qf[S::kKSteps][kARegs];
+  {
+    const __half* hi = q_hi + group * HeadDim + quad * S::kKeySegmentCoords;
+    const __half* lo = q_lo + group * HeadDim + quad * S::kKeySegmentCoords;
+#pragma unroll
+    for (int kk = 0; kk < S::kKSteps; ++kk) {
+      const uint2 h = *reinterpret_cast<const uint2*>(hi + S::kCoordsPerKStep * kk);
+      const uint2 l = *reinterpret_cast<const uint2*>(lo + S::kCoordsPerKStep * kk);
+      qf[kk][0] = h.x;
+      qf[kk][1] = l.x;
+      qf[kk][2] = h.y;
+      qf[kk][3] = l.y;
+    }
+  }
+  const float factor = factor_s[group];
+  const uint2* key_lane = key_table + lane % kKeyTableCopies;
+  const uint32_t* value_lane = value_table + lane % kValueTableCopies;
+
+  float acc[S::kMTiles][kAccRegs];
+#pragma unroll
+  for (int mt = 0; mt < S::kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
+  float m_run = kNegInf, l_run = 0.0f;
+
+  ChunkRegs<S> cur{}, next{};
+  int chunk = begin + warp;
+  if (chunk < end) load_chunk_regs<S>(p, seq, kv, chunk, group, quad, cur);
+  for (; chunk < end; chunk += kAttentionWarps) {
+    if (chunk + kAttentionWarps < end) load_chunk_regs<S>(p, seq, kv, chunk + kAttentionWarps, group, quad, next);
+    attend_chunk<S>(p, cur, chunk * kChunkTokens, first, len, quad, factor, qf, key_lane, value_lane, m_run,
+                    l_run, acc);
+    cur = next;
+  }
+  // Each lane summed its own tokens; the group's four lanes share one head.
+#pragma unroll
+  for (int d = 1; d < kQuads; d <<= 1) l_run += __shfl_xor_sync(kFullWarpMask, l_run, d);
+
+  // Merge the warps: O^T column 2 quad (+1) = head, row = coordinate group * d/8 + 2 mt (+1).
+  __syncthreads();  // the tables and queries are dead from here
+  float* mine = merge_out + static_cast<size_t>(warp) * kHeads * S::kMergeRowStride;
+#pragma unroll
+  for (int mt = 0; mt < S::kMTiles; ++mt) {
+    const int coord = group * S::kValueSegmentCoords + kPair * mt;
+    mine[(kPair * quad) * S::kMergeRowStride + coord] = acc[mt][0];
+    mine[(kPair * quad + 1) * S::kMergeRowStride + coord] = acc[mt][1];
+    mine[(kPair * quad) * S::kMergeRowStride + coord + 1] = acc[mt][2];
+    mine[(kPair * quad + 1) * S::kMergeRowStride + coord + 1] = acc[mt][3];
+  }
+  if (quad == 0) merge_max_sum[warp * kHeads + group] = make_float2(m_run, l_run);
+  __syncthreads();
+  for (int i = threadIdx.x; i < heads * HeadDim; i += kThreads) {
+    const int h = i / HeadDim, j = i % HeadDim;
+    float m = kNegInf;
+#pragma unroll
+    for (int w = 0; w < kAttentionWarps; ++w) m = fmaxf(m, merge_max_sum[w * kHeads + h].x);
+    float o = 0.0f, l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kAttentionWarps; ++w) {
+      const float2 ms = merge_max_sum[w * kHeads + h];
+      const float weight = ms.x == kNegInf ? 0.0f : exp2f(ms.x - m);
+      o += weight * merge_out[(static_cast<size_t>(w) * kHeads + h) * S::kMergeRowStride + j];
+      l += weight * ms.y;
+    }
+    const int64_t partial = (row0 + h) * p.num_splits + split;
+    p.partial_out[partial * HeadDim + j] = o;
+    if (j == 0) partial_max_sum[partial] = make_float2(m, l);
+  }
+}
+
+// One (sequence, query head) per Layout::kLanes lanes.
+template <int HeadDim, DType OutType>
+__global__ void __launch_bounds__(kMergeThreads)
+    decode_attention_merge_kernel(const __grid_constant__ AttentionParams p) {
+  using Layout = device::VectorLayout<HeadDim>;
+  constexpr int kVectorsPerBlock = kMergeThreads / Layout::kLanes;
+  const int lane = threadIdx.x % kWarpSize;
+  const int l = lane % Layout::kLanes;
+  const int64_t v = static_cast<int64_t>(blockIdx.x) * kVectorsPerBlock + threadIdx.x / Layout::kLanes;
+  const int64_t total = static_cast<int64_t>(p.num_seqs) * p.q_heads;
+  const bool active = v < total;  // inactive lanes still join the shuffles of the transform
+
+  float x[Layout::kChunks][device::kChunk];
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+    for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
+  float m = kNegInf, sum = 0.0f;
+  if (active) {
+    const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * p.num_splits;
+    for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, max_sum[s].x);
+    if (m != kNegInf) {
+      const float* out = p.partial_out + v * p.num_splits * HeadDim;
+      for (int s = 0; s < p.num_splits; ++s) {
+        const float2 ms = max_sum[s];
+        if (ms.x == kNegInf) continue;  // empty split: its partial_out was never written
+        const float weight = exp2f(ms.x - m);
+        sum += weight * ms.y;
+#pragma unroll
+        for (int u = 0; u < Layout::kChunks; ++u) {
+          const float* at = out + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk;
+          const float4 a = *reinterpret_cast<const float4*>(at);
+          const float4 b = *reinterpret_cast<const float4*>(at + sizeof(float4) / sizeof(float));
+          x[u][0] += weight * a.x;
+          x[u][1] += weight * a.y;
+          x[u][2] += weight * a.z;
+          x[u][3] += weight * a.w;
+          x[u][4] += weight * b.x;
+          x[u][5] += weight * b.y;
+          x[u][6] += weight * b.z;
+          x[u][7] += weight * b.w;
+        }
+      }
+    }
+  }
+  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+    for (int k = 0; k < device::kChunk; ++k) x[u][k] *= inverse;
+  device::walsh_hadamard<HeadDim>(x, lane);
+  const float scale = rht_scale<float>(HeadDim);
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+    for (int k = 0; k < device::kChunk; ++k) x[u][k] *= scale;
+  if (!active) return;
+  const auto seq = static_cast<int32_t>(v / p.q_heads);
+  const auto head = static_cast<int32_t>(v - static_cast<int64_t>(seq) * p.q_heads);
+  auto* row = static_cast<uint8_t*>(p.out) +
+              (static_cast<int64_t>(seq) * p.out_stride0 + static_cast<int64_t>(head) * p.out_stride1) * kQElementBytes;
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u) {
+    const int c = Layout::chunk_index(l, u);
+    store_row_chunk<OutType>(row + c * device::kChunk * kQElementBytes, p.value_signs, c, x[u]);
+  }
+  if (l == 0 && p.lse != nullptr) p.lse[v] = sum > 0.0f ? (m + log2f(sum)) * kLn2 : kNegInf;
+}
+
+// Lets `kernel` use `bytes` of dynamic shared memory on the current device, once per device.
+template <typename Kernel>
+cudaError_t allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<uint64_t>& devices_done) noexcept {
+  constexpr size_t kDefaultLimit = 48 * 1024;  // dynamic shared memory allowed without opting in
+  if (bytes <= kDefaultLimit) return cudaSuccess;
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  constexpr int kTrackedDevices = 64;
+  const uint64_t bit = device < kTrackedDevices ? (uint64_t{1} << device) : 0u;
+  if (bit != 0u && (devices_done.load(std::memory_order_relaxed) & bit) != 0u) return cudaSuccess;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (e == cudaSuccess && bit != 0u) devices_done.fetch_or(bit, std::memory_order_relaxed);
+  return e;
+}
+
+}  // namespace attention_kernel
+
+template <int HeadDim, int KeyBits, int ValueBits, DType QType>
+cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t stream) noexcept {
+  namespace ak = attention_kernel;
+  using S = ak::Shape<HeadDim, KeyBits, ValueBits>;
+  static std::atomic<uint64_t> shared_memory_configured{0};
+  const auto split_kernel = &ak::decode_attention_split_kernel<HeadDim, KeyBits, ValueBits, QType>;
+  cudaError_t e = ak::allow_shared_memory(split_kernel, S::kSmemBytes, shared_memory_configured);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
+                  static_cast<unsigned>(params.num_seqs));
+  split_kernel<<<grid, ak::kThreads, S::kSmemBytes, stream>>>(params);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  using Layout = device::VectorLayout<HeadDim>;
+  constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / Layout::kLanes;
+  const int64_t vectors = static_cast<int64_t>(params.num_seqs) * params.q_heads;
+  const auto blocks = static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock);
+  ak::decode_attention_merge_kernel<HeadDim, QType><<<blocks, ak::kMergeThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace turboquant::cuda::detail
+
+// Explicit instances of one list entry (kernels/attention_instances.inc) for f16 and bf16 queries.
+#define TQ_INSTANTIATE_DECODE_ATTENTION(HeadDim, KeyBits, ValueBits)                                        \
+  template cudaError_t turboquant::cuda::detail::launch_decode_attention<HeadDim, KeyBits, ValueBits,       \
+                                                                         turboquant::DType::kF16>(          \
+      const turboquant::cuda::detail::AttentionParams&, cudaStream_t) noexcept;                             \
+  template cudaError_t turboquant::cuda::detail::launch_decode_attention<HeadDim, KeyBits, ValueBits,       \
+                                                                         turboquant::DType::kBF16>(         \
+      const turboquant::cuda::detail::AttentionParams&, cudaStream_t) noexcept;

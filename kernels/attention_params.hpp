@@ -1,0 +1,84 @@
+// Kernel parameters of the decode attention and the launchers the dispatch table points at
+// (private to turboquant::cuda). Plain C++: src/attention.cpp (g++) fills the struct, the kernels
+// (nvcc) read it as one `const __grid_constant__` argument. Pointers are device memory; strides
+// count elements.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "turboquant/codebook.hpp"
+#include "turboquant/format.hpp"
+#include "turboquant/numeric.hpp"
+#include "turboquant/signs.hpp"
+
+namespace turboquant::cuda::detail {
+
+// Query heads served by one CTA (the n dimension of the P.V mma); a GQA group of more heads is
+// split into ceil(group / kAttentionHeadsPerCta) head tiles, each a row of CTAs.
+inline constexpr int kAttentionHeadsPerCta = 8;
+// Warps of a split CTA; each walks every kAttentionWarps-th chunk of the CTA's token range.
+inline constexpr int kAttentionWarps = 4;
+
+struct AttentionParams {
+  // Queries: element (s, h, j) at q[s * q_stride0 + h * q_stride1 + j], dtype = the instance's QType.
+  const void* q = nullptr;             // [num_seqs, q_heads, head_dim] f16 | bf16, not rotated
+  int64_t q_stride0 = 0;               // elements between sequences
+  int64_t q_stride1 = 0;               // elements between heads
+
+  // The page pool (turboquant/layout.hpp): token row r of KV head h of page p starts at
+  // pages + p * page_bytes + h * head_bytes + {key,value}_{codes,scales}_offset + r * row bytes.
+  const uint8_t* pages = nullptr;      // [num_pages, page_bytes] bytes
+  int64_t num_pages = 0;               // block-table entries outside [0, num_pages) are skipped
+  int64_t page_bytes = 0;              // bytes per page
+  int64_t head_bytes = 0;              // bytes per KV head block inside a page
+  int64_t key_codes_offset = 0;        // bytes from a head block to its K codes [page_size][key row bytes]
+  int64_t key_scales_offset = 0;       // bytes to its K scales [page_size] fp16 | fp32
+  int64_t value_codes_offset = 0;      // bytes to its V codes [page_size][value row bytes]
+  int64_t value_scales_offset = 0;     // bytes to its V scales [page_size] fp16 | fp32
+  int32_t page_size = 0;               // tokens per page, a multiple of kAttentionChunkTokens
+  NormStorage key_norm = NormStorage::kF16;    // storage of the K scales
+  NormStorage value_norm = NormStorage::kF16;  // storage of the V scales
+
+  const int32_t* block_table = nullptr;  // [num_seqs, max_pages_per_seq] page numbers
+  const int32_t* seq_lens = nullptr;     // [num_seqs] tokens per sequence
+  int32_t max_pages_per_seq = 0;
+
+  int32_t num_seqs = 0;
+  int32_t q_heads = 0;
+  int32_t kv_heads = 0;
+  int32_t group = 0;                   // q_heads / kv_heads; query head h reads KV head h / group
+  int32_t head_tiles = 0;              // ceil(group / kAttentionHeadsPerCta)
+  int32_t num_splits = 0;              // context splits per (sequence, KV head, head tile)
+
+  float softmax_scale = 0.0f;          // resolved (never 0): multiplies q . k_hat
+  float logit_softcap = 0.0f;          // 0 = off
+  int32_t sliding_window = 0;          // 0 = off
+
+  // Split partials (the workspace), one per (sequence, query head, split), row v = s * q_heads + h:
+  float* partial_out = nullptr;        // [num_seqs * q_heads, num_splits, head_dim] fp32: the
+                                       // rotated-domain sum of p_t * v_hat_t with p_t = 2^(logit2_t - max)
+  float* partial_max_sum = nullptr;    // [num_seqs * q_heads, num_splits, 2] fp32: (max, sum of p_t),
+                                       // max in log2 units (logit * log2(e)); (-inf, 0) when empty
+
+  // Outputs.
+  void* out = nullptr;                 // [num_seqs, q_heads, head_dim], dtype QType
+  int64_t out_stride0 = 0;             // elements between sequences
+  int64_t out_stride1 = 0;             // elements between heads
+  float* lse = nullptr;                // optional [num_seqs, q_heads] fp32, natural log
+
+  // Codecs.
+  float key_levels[kMaxLevels] = {};   // K codebook levels (2^key_bits used)
+  float value_levels[kMaxLevels] = {}; // V codebook levels (2^value_bits used)
+  SignBits key_signs{};                // RHT diagonal of the keys (rotates the queries)
+  SignBits value_signs{};              // RHT diagonal of the values (un-rotates the output)
+};
+
+// One instance per (HeadDim, KeyBits, ValueBits) of kernels/attention_instances.inc and QType in
+// {f16, bf16} (kernels/attention_d<HeadDim>.cu); each enqueues the split kernel and the merge
+// kernel and returns the first launch error.
+template <int HeadDim, int KeyBits, int ValueBits, DType QType>
+cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t stream) noexcept;
+
+}  // namespace turboquant::cuda::detail

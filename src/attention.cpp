@@ -1,0 +1,348 @@
+// Host API of the CUDA decode attention (turboquant/cuda/attention.hpp): argument checks, the split
+// heuristic, the workspace layout, and the one dispatch table built from the one list
+// kernels/attention_instances.inc.
+#include "turboquant/cuda/attention.hpp"
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "attention_params.hpp"
+#include "cuda_status.hpp"
+#include "turboquant/checks.hpp"
+#include "turboquant/layout.hpp"
+
+namespace turboquant::cuda {
+namespace {
+
+using detail::AttentionParams;
+using detail::kAttentionHeadsPerCta;
+using detail::kAttentionWarps;
+using Launcher = cudaError_t (*)(const AttentionParams&, cudaStream_t) noexcept;
+
+struct Entry {
+  AttentionKernelKey key;
+  Launcher launch;
+};
+
+// ---- the dispatch table: every entry of the list, for f16 and bf16 queries ---------------------------
+#define TQ_ATTENTION_INSTANCE(HeadDim, KeyBits, ValueBits)                                                 \
+  Entry{AttentionKernelKey{HeadDim, KeyBits, ValueBits, DType::kF16},                                      \
+        &detail::launch_decode_attention<HeadDim, KeyBits, ValueBits, DType::kF16>},                       \
+      Entry{AttentionKernelKey{HeadDim, KeyBits, ValueBits, DType::kBF16},                                 \
+            &detail::launch_decode_attention<HeadDim, KeyBits, ValueBits, DType::kBF16>},
+const Entry kKernels[] = {
+#include "attention_instances.inc"
+};
+#undef TQ_ATTENTION_INSTANCE
+constexpr int32_t kNumKernels = static_cast<int32_t>(sizeof(kKernels) / sizeof(kKernels[0]));
+
+const Entry* find_kernel(int32_t head_dim, int32_t key_bits, int32_t value_bits, DType q_dtype) noexcept {
+  for (const Entry& e : kKernels)
+    if (e.key.head_dim == head_dim && e.key.key_bits == key_bits && e.key.value_bits == value_bits &&
+        e.key.q_dtype == q_dtype)
+      return &e;
+  return nullptr;
+}
+
+std::string built_list() {
+  std::string s;
+  for (const Entry& e : kKernels) {
+    if (e.key.q_dtype != DType::kF16) continue;  // every entry is built for f16 and bf16
+    if (!s.empty()) s += ", ";
+    s += "(" + std::to_string(e.key.head_dim) + ", " + std::to_string(e.key.key_bits) + ", " +
+         std::to_string(e.key.value_bits) + ")";
+  }
+  return s;
+}
+
+// ---- split heuristic ----------------------------------------------------------------------------------
+// Split CTAs aimed at per SM: with about three resident per SM (one CTA uses up to ~72 KB of shared
+// memory), two per SM fills the card in one wave with room for the merge tail.
+constexpr int32_t kTargetCtasPerSm = 2;
+// A split should give every warp of its CTA at least this many chunks, or the prologue (tables,
+// query rotation) and the partial traffic outweigh the parallelism gained.
+constexpr int32_t kMinChunksPerWarp = 2;
+constexpr int32_t kMinChunksPerSplit = kMinChunksPerWarp * kAttentionWarps;
+
+int32_t ceil_div(int64_t a, int64_t b) noexcept { return static_cast<int32_t>((a + b - 1) / b); }
+
+struct Shape {
+  int32_t num_seqs = 0;
+  int32_t q_heads = 0;
+  int32_t kv_heads = 0;
+  int32_t group = 0;
+  int32_t head_tiles = 0;
+  int32_t head_dim = 0;
+};
+
+// Shapes only (no pointers): enough for the split count and the workspace size.
+bool basic_shape(const DecodeAttentionArgs& a, Shape* sh) noexcept {
+  const int32_t kv = a.cache.layout.kv_heads;
+  if (a.cache.num_seqs <= 0 || a.q.dim1 <= 0 || kv <= 0 || a.q.dim1 % kv != 0) return false;
+  if (!is_supported_head_dim(a.format.head_dim())) return false;
+  if (a.num_splits < 0 || a.num_splits > kMaxAttentionSplits || a.sm_count <= 0 || a.max_seq_len < 0) return false;
+  sh->num_seqs = a.cache.num_seqs;
+  sh->q_heads = a.q.dim1;
+  sh->kv_heads = kv;
+  sh->group = a.q.dim1 / kv;
+  sh->head_tiles = ceil_div(sh->group, kAttentionHeadsPerCta);
+  sh->head_dim = a.format.head_dim();
+  return true;
+}
+
+int32_t resolve_splits(const DecodeAttentionArgs& a, const Shape& sh) noexcept {
+  if (a.num_splits > 0) return a.num_splits;
+  int64_t attended = a.max_seq_len;
+  // A window may start mid-chunk: one more chunk than the window covers.
+  if (a.sliding_window > 0 && a.sliding_window < attended) attended = int64_t{a.sliding_window} + kAttentionChunkTokens;
+  const int32_t chunks = ceil_div(attended, kAttentionChunkTokens);
+  const int32_t useful = chunks <= kMinChunksPerSplit ? 1 : ceil_div(chunks, kMinChunksPerSplit);
+  const int64_t ctas_per_split = int64_t{sh.num_seqs} * sh.kv_heads * sh.head_tiles;
+  const int32_t wanted = ceil_div(int64_t{a.sm_count} * kTargetCtasPerSm, ctas_per_split);
+  int32_t splits = wanted < useful ? wanted : useful;
+  if (splits > kMaxAttentionSplits) splits = kMaxAttentionSplits;
+  return splits < 1 ? 1 : splits;
+}
+
+// ---- workspace layout ---------------------------------------------------------------------------------
+constexpr size_t kWorkspaceAlignment = 256;
+size_t align_up(size_t bytes) noexcept { return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment; }
+
+struct WorkspaceLayout {
+  size_t out_bytes = 0;      // partial_out
+  size_t max_sum_bytes = 0;  // partial_max_sum
+  [[nodiscard]] size_t total() const noexcept { return out_bytes + max_sum_bytes; }
+};
+WorkspaceLayout workspace_layout(const Shape& sh, int32_t splits) noexcept {
+  const size_t rows = static_cast<size_t>(sh.num_seqs) * static_cast<size_t>(sh.q_heads) * static_cast<size_t>(splits);
+  WorkspaceLayout w;
+  w.out_bytes = align_up(rows * static_cast<size_t>(sh.head_dim) * sizeof(float));
+  w.max_sum_bytes = align_up(rows * 2 * sizeof(float));
+  return w;
+}
+
+// ---- checks -------------------------------------------------------------------------------------------
+Status check_finite_non_negative(const char* name, float v) noexcept {
+  if (!std::isfinite(v) || v < 0.0f)
+    return make_status(StatusCode::kInvalidArgument, name, " = ", v, ": must be finite and >= 0");
+  return Status::ok();
+}
+
+Status check_layout(const Format& f, const layout::PageLayout& l) noexcept {
+  const layout::PageLayout e = layout::page_layout(f, l.page_size, l.kv_heads);
+  struct Field {
+    const char* name;
+    int64_t got, expected;
+  };
+  const Field fields[] = {
+      {"key_row_bytes", l.key_row_bytes, e.key_row_bytes},
+      {"value_row_bytes", l.value_row_bytes, e.value_row_bytes},
+      {"key_scale_bytes", l.key_scale_bytes, e.key_scale_bytes},
+      {"value_scale_bytes", l.value_scale_bytes, e.value_scale_bytes},
+      {"key_codes_offset", l.key_codes_offset, e.key_codes_offset},
+      {"key_scales_offset", l.key_scales_offset, e.key_scales_offset},
+      {"value_codes_offset", l.value_codes_offset, e.value_codes_offset},
+      {"value_scales_offset", l.value_scales_offset, e.value_scales_offset},
+      {"head_bytes", l.head_bytes, e.head_bytes},
+      {"page_bytes", l.page_bytes, e.page_bytes},
+  };
+  for (const Field& fd : fields)
+    if (fd.got != fd.expected)
+      return make_status(StatusCode::kInvalidArgument, "cache.layout.", fd.name, " = ", fd.got,
+                         " but layout::page_layout(format, page_size = ", l.page_size, ", kv_heads = ", l.kv_heads,
+                         ").", fd.name, " = ", fd.expected);
+  return Status::ok();
+}
+
+// Everything the host can see; on success *sh and *entry describe the call.
+Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexcept {
+  const Format& f = a.format;
+  {
+    const Status st = validate(f);
+    if (!st.is_ok()) return make_status(st.code(), "format.", st.message());
+  }
+  if (f.key.bits == 0)
+    return make_status(StatusCode::kUnsupportedFormat,
+                       "format.key.bits = 0 (uncompressed keys): the CUDA decode attention reads coded keys only");
+  if (f.value.bits == 0)
+    return make_status(StatusCode::kUnsupportedFormat,
+                       "format.value.bits = 0 (uncompressed values, a K-only layer): not built yet in the CUDA "
+                       "decode attention (the CPU reference supports it)");
+  const int32_t d = f.head_dim();
+  if (a.q.dtype != DType::kF16 && a.q.dtype != DType::kBF16)
+    return make_status(StatusCode::kUnsupportedFormat, "q.dtype = ", to_string(a.q.dtype),
+                       ": the CUDA decode attention takes f16 or bf16 queries");
+  *entry = find_kernel(d, f.key.bits, f.value.bits, a.q.dtype);
+  if (*entry == nullptr)
+    return make_status(StatusCode::kUnsupportedFormat, "no decode-attention kernel for head_dim = ", d,
+                       ", key.bits = ", f.key.bits, ", value.bits = ", f.value.bits, " (built (head_dim, key_bits, "
+                       "value_bits): ", built_list(), ")");
+
+  TQ_RETURN_IF_ERROR(checks::vectors("q", a.q, d, kVectorAlignment));
+  TQ_RETURN_IF_ERROR(checks::vectors("out", a.out, d, kVectorAlignment));
+  if (a.out.dtype != a.q.dtype)
+    return make_status(StatusCode::kInvalidArgument, "out.dtype = ", to_string(a.out.dtype),
+                       " but q.dtype = ", to_string(a.q.dtype), ": out takes q's dtype");
+
+  const PagedCache& c = a.cache;
+  const layout::PageLayout& l = c.layout;
+  if (c.pages == nullptr) return make_status(StatusCode::kInvalidArgument, "cache.pages = null");
+  if (c.num_pages <= 0)
+    return make_status(StatusCode::kInvalidArgument, "cache.num_pages = ", c.num_pages, ": must be > 0");
+  if (l.page_size <= 0)
+    return make_status(StatusCode::kInvalidArgument, "cache.layout.page_size = ", l.page_size, ": must be > 0");
+  if (l.kv_heads <= 0)
+    return make_status(StatusCode::kInvalidArgument, "cache.layout.kv_heads = ", l.kv_heads, ": must be > 0");
+  if (!checks::aligned(c.pages, layout::kAlignment))
+    return make_status(StatusCode::kMisaligned, "cache.pages = ", c.pages, ": must be ", layout::kAlignment,
+                       "-byte aligned");
+  TQ_RETURN_IF_ERROR(check_layout(f, l));
+  if (l.page_size % kAttentionChunkTokens != 0)
+    return make_status(StatusCode::kUnsupportedFormat, "cache.layout.page_size = ", l.page_size,
+                       ": the CUDA decode attention reads ", kAttentionChunkTokens,
+                       "-token chunks, page_size must be a multiple of ", kAttentionChunkTokens);
+  if (c.block_table == nullptr) return make_status(StatusCode::kInvalidArgument, "cache.block_table = null");
+  if (c.seq_lens == nullptr) return make_status(StatusCode::kInvalidArgument, "cache.seq_lens = null");
+  if (!checks::aligned(c.block_table, sizeof(int32_t)))
+    return make_status(StatusCode::kMisaligned, "cache.block_table = ", c.block_table, ": not 4-byte aligned");
+  if (!checks::aligned(c.seq_lens, sizeof(int32_t)))
+    return make_status(StatusCode::kMisaligned, "cache.seq_lens = ", c.seq_lens, ": not 4-byte aligned");
+  if (c.num_seqs <= 0)
+    return make_status(StatusCode::kInvalidArgument, "cache.num_seqs = ", c.num_seqs, ": must be > 0");
+  if (c.max_pages_per_seq <= 0)
+    return make_status(StatusCode::kInvalidArgument, "cache.max_pages_per_seq = ", c.max_pages_per_seq,
+                       ": must be > 0");
+  constexpr int32_t kMaxGridYZ = 65535;
+  if (c.num_seqs > kMaxGridYZ)
+    return make_status(StatusCode::kInvalidArgument, "cache.num_seqs = ", c.num_seqs, ": at most ", kMaxGridYZ,
+                       " sequences per call");
+
+  if (a.q.dim0 != c.num_seqs)
+    return make_status(StatusCode::kInvalidArgument, "q.dim0 = ", a.q.dim0, " but cache.num_seqs = ", c.num_seqs);
+  if (a.q.dim1 % l.kv_heads != 0)
+    return make_status(StatusCode::kInvalidArgument, "q_heads = q.dim1 = ", a.q.dim1,
+                       ": not a multiple of kv_heads = cache.layout.kv_heads = ", l.kv_heads);
+  const int32_t group = a.q.dim1 / l.kv_heads;
+  if (group > kMaxAttentionGroup)
+    return make_status(StatusCode::kUnsupportedFormat, "q_heads / kv_heads = ", a.q.dim1, " / ", l.kv_heads, " = ",
+                       group, ": GQA groups of at most ", kMaxAttentionGroup, " query heads are supported");
+  if (a.out.dim0 != c.num_seqs)
+    return make_status(StatusCode::kInvalidArgument, "out.dim0 = ", a.out.dim0, " but cache.num_seqs = ", c.num_seqs);
+  if (a.out.dim1 != a.q.dim1)
+    return make_status(StatusCode::kInvalidArgument, "out.dim1 = ", a.out.dim1, " but q.dim1 (q_heads) = ", a.q.dim1);
+  if (a.lse != nullptr && !checks::aligned(a.lse, sizeof(float)))
+    return make_status(StatusCode::kMisaligned, "lse = ", static_cast<const void*>(a.lse),
+                       ": not aligned to 4-byte floats");
+
+  TQ_RETURN_IF_ERROR(check_finite_non_negative("softmax_scale", a.softmax_scale));
+  TQ_RETURN_IF_ERROR(check_finite_non_negative("logit_softcap", a.logit_softcap));
+  if (a.sliding_window < 0)
+    return make_status(StatusCode::kInvalidArgument, "sliding_window = ", a.sliding_window, ": must be >= 0 (0 = off)");
+  const int64_t capacity = static_cast<int64_t>(c.max_pages_per_seq) * l.page_size;
+  if (a.max_seq_len < 0 || a.max_seq_len > capacity)
+    return make_status(StatusCode::kInvalidArgument, "max_seq_len = ", a.max_seq_len,
+                       ": must be in [0, max_pages_per_seq * page_size = ", c.max_pages_per_seq, " * ", l.page_size,
+                       " = ", capacity, "]");
+  if (a.num_splits < 0 || a.num_splits > kMaxAttentionSplits)
+    return make_status(StatusCode::kInvalidArgument, "num_splits = ", a.num_splits, ": must be in [0, ",
+                       kMaxAttentionSplits, "] (0 = heuristic)");
+  if (a.sm_count <= 0)
+    return make_status(StatusCode::kInvalidArgument, "sm_count = ", a.sm_count, ": must be > 0");
+
+  if (!basic_shape(a, sh)) return make_status(StatusCode::kInvalidArgument, "inconsistent shapes");
+  if (int64_t{sh->kv_heads} * sh->head_tiles > kMaxGridYZ)
+    return make_status(StatusCode::kInvalidArgument, "kv_heads = ", sh->kv_heads, ": at most ", kMaxGridYZ,
+                       " KV heads (times head tiles) per call");
+  return Status::ok();
+}
+
+}  // namespace
+
+Status can_implement(const DecodeAttentionArgs& args) noexcept {
+  Shape sh;
+  const Entry* entry = nullptr;
+  return check(args, &sh, &entry);
+}
+
+int32_t decode_attention_splits(const DecodeAttentionArgs& args) noexcept {
+  Shape sh;
+  if (!basic_shape(args, &sh)) return 0;
+  return resolve_splits(args, sh);
+}
+
+size_t workspace_bytes(const DecodeAttentionArgs& args) noexcept {
+  Shape sh;
+  if (!basic_shape(args, &sh)) return 0;
+  return workspace_layout(sh, resolve_splits(args, sh)).total();
+}
+
+Status decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaStream_t stream) noexcept {
+  Shape sh;
+  const Entry* entry = nullptr;
+  TQ_RETURN_IF_ERROR(check(a, &sh, &entry));
+  const int32_t splits = resolve_splits(a, sh);
+  const WorkspaceLayout wl = workspace_layout(sh, splits);
+  if (workspace.bytes < wl.total())
+    return make_status(StatusCode::kInvalidArgument, "workspace.bytes = ", workspace.bytes,
+                       " but workspace_bytes(args) = ", wl.total());
+  if (workspace.data == nullptr) return make_status(StatusCode::kInvalidArgument, "workspace.data = null");
+  if (!checks::aligned(workspace.data, kVectorAlignment))
+    return make_status(StatusCode::kMisaligned, "workspace.data = ", workspace.data, ": must be ", kVectorAlignment,
+                       "-byte aligned");
+
+  const Format& f = a.format;
+  const layout::PageLayout& l = a.cache.layout;
+  AttentionParams p;
+  p.q = a.q.data;
+  p.q_stride0 = a.q.stride0;
+  p.q_stride1 = a.q.stride1;
+  p.pages = static_cast<const uint8_t*>(a.cache.pages);
+  p.num_pages = a.cache.num_pages;
+  p.page_bytes = l.page_bytes;
+  p.head_bytes = l.head_bytes;
+  p.key_codes_offset = l.key_codes_offset;
+  p.key_scales_offset = l.key_scales_offset;
+  p.value_codes_offset = l.value_codes_offset;
+  p.value_scales_offset = l.value_scales_offset;
+  p.page_size = l.page_size;
+  p.key_norm = f.key.norm;
+  p.value_norm = f.value.norm;
+  p.block_table = a.cache.block_table;
+  p.seq_lens = a.cache.seq_lens;
+  p.max_pages_per_seq = a.cache.max_pages_per_seq;
+  p.num_seqs = sh.num_seqs;
+  p.q_heads = sh.q_heads;
+  p.kv_heads = sh.kv_heads;
+  p.group = sh.group;
+  p.head_tiles = sh.head_tiles;
+  p.num_splits = splits;
+  p.softmax_scale = a.softmax_scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(sh.head_dim)) : a.softmax_scale;
+  p.logit_softcap = a.logit_softcap;
+  p.sliding_window = a.sliding_window;
+  auto* base = static_cast<uint8_t*>(workspace.data);
+  p.partial_out = reinterpret_cast<float*>(base);
+  p.partial_max_sum = reinterpret_cast<float*>(base + wl.out_bytes);
+  p.out = a.out.data;
+  p.out_stride0 = a.out.stride0;
+  p.out_stride1 = a.out.stride1;
+  p.lse = a.lse;
+  for (int32_t i = 0; i < kMaxLevels; ++i) {
+    p.key_levels[i] = f.key.codebook.levels[i];
+    p.value_levels[i] = f.value.codebook.levels[i];
+  }
+  p.key_signs = f.key.signs;
+  p.value_signs = f.value.signs;
+
+  return detail::cuda_status(entry->launch(p, stream), "decode_attention: kernel launch");
+}
+
+int32_t num_attention_kernels() noexcept { return kNumKernels; }
+
+AttentionKernelKey attention_kernel(int32_t i) noexcept {
+  if (i < 0 || i >= kNumKernels) return {};
+  return kKernels[i].key;
+}
+
+}  // namespace turboquant::cuda
