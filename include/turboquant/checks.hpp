@@ -2,6 +2,7 @@
 // message names the argument and its value. None of them touches device memory.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "turboquant/format.hpp"
@@ -127,6 +128,41 @@ template <typename Pointer>
   if (max_tokens <= 0 || output.dim0 != static_cast<int64_t>(p.num_seqs) * max_tokens)
     return make_status(StatusCode::kInvalidArgument, "output.dim0 = ", output.dim0,
                        " but num_seqs * max_tokens = ", p.num_seqs, " * ", max_tokens);
+  return Status::ok();
+}
+
+// A scalar argument that must be finite and >= 0 (a softmax scale, a soft cap).
+[[nodiscard]] inline Status finite_non_negative(const char* name, float v) noexcept {
+  if (!std::isfinite(v) || v < 0.0f)
+    return make_status(StatusCode::kInvalidArgument, name, " = ", v, ": must be finite and >= 0");
+  return Status::ok();
+}
+
+// The cache's layout must be the one page_layout() gives for the format; names the first field
+// that differs.
+[[nodiscard]] inline Status cache_layout(const Format& f, const layout::PageLayout& l) noexcept {
+  const layout::PageLayout e = layout::page_layout(f, l.page_size, l.kv_heads);
+  struct Field {
+    const char* name;
+    int64_t got, expected;
+  };
+  const Field fields[] = {
+      {"key_row_bytes", l.key_row_bytes, e.key_row_bytes},
+      {"value_row_bytes", l.value_row_bytes, e.value_row_bytes},
+      {"key_scale_bytes", l.key_scale_bytes, e.key_scale_bytes},
+      {"value_scale_bytes", l.value_scale_bytes, e.value_scale_bytes},
+      {"key_codes_offset", l.key_codes_offset, e.key_codes_offset},
+      {"key_scales_offset", l.key_scales_offset, e.key_scales_offset},
+      {"value_codes_offset", l.value_codes_offset, e.value_codes_offset},
+      {"value_scales_offset", l.value_scales_offset, e.value_scales_offset},
+      {"head_bytes", l.head_bytes, e.head_bytes},
+      {"page_bytes", l.page_bytes, e.page_bytes},
+  };
+  for (const Field& fd : fields)
+    if (fd.got != fd.expected)
+      return make_status(StatusCode::kInvalidArgument, "cache.layout.", fd.name, " = ", fd.got,
+                         " but layout::page_layout(format, page_size = ", l.page_size,
+                         ", kv_heads = ", l.kv_heads, ").", fd.name, " = ", fd.expected);
   return Status::ok();
 }
 

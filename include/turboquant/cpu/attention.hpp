@@ -83,45 +83,12 @@ struct AttentionShape {
   int32_t head_dim = 0;
 };
 
-[[nodiscard]] inline Status check_non_negative_finite(const char* name, float v) noexcept {
-  if (!std::isfinite(v) || v < 0.0f)
-    return make_status(StatusCode::kInvalidArgument, name, " = ", v, ": must be finite and >= 0");
-  return Status::ok();
-}
-
 [[nodiscard]] inline Status check_format(const Format& f) noexcept {
   const Status st = validate(f);
   if (!st.is_ok()) return make_status(st.code(), "format.", st.message());
   return Status::ok();
 }
 
-// The cache's layout must be the one page_layout() gives for the format; names the first field
-// that differs.
-[[nodiscard]] inline Status check_layout(const Format& f, const layout::PageLayout& l) noexcept {
-  const layout::PageLayout e = layout::page_layout(f, l.page_size, l.kv_heads);
-  struct Field {
-    const char* name;
-    int64_t got, expected;
-  };
-  const Field fields[] = {
-      {"key_row_bytes", l.key_row_bytes, e.key_row_bytes},
-      {"value_row_bytes", l.value_row_bytes, e.value_row_bytes},
-      {"key_scale_bytes", l.key_scale_bytes, e.key_scale_bytes},
-      {"value_scale_bytes", l.value_scale_bytes, e.value_scale_bytes},
-      {"key_codes_offset", l.key_codes_offset, e.key_codes_offset},
-      {"key_scales_offset", l.key_scales_offset, e.key_scales_offset},
-      {"value_codes_offset", l.value_codes_offset, e.value_codes_offset},
-      {"value_scales_offset", l.value_scales_offset, e.value_scales_offset},
-      {"head_bytes", l.head_bytes, e.head_bytes},
-      {"page_bytes", l.page_bytes, e.page_bytes},
-  };
-  for (const Field& fd : fields)
-    if (fd.got != fd.expected)
-      return make_status(StatusCode::kInvalidArgument, "cache.layout.", fd.name, " = ", fd.got,
-                         " but layout::page_layout(format, page_size = ", l.page_size,
-                         ", kv_heads = ", l.kv_heads, ").", fd.name, " = ", fd.expected);
-  return Status::ok();
-}
 
 // The page pool, block table and sequence lengths. `max_context` > 0 also bounds the lengths.
 [[nodiscard]] inline Status check_cache(const Format& f, const PagedCache& c,
@@ -139,7 +106,7 @@ struct AttentionShape {
   if (!checks::aligned(c.pages, layout::kAlignment))
     return make_status(StatusCode::kMisaligned, "cache.pages = ", c.pages, ": must be ",
                        layout::kAlignment, "-byte aligned");
-  TQ_RETURN_IF_ERROR(check_layout(f, l));
+  TQ_RETURN_IF_ERROR(checks::cache_layout(f, l));
   if (c.block_table == nullptr)
     return make_status(StatusCode::kInvalidArgument, "cache.block_table = null");
   if (c.seq_lens == nullptr) return make_status(StatusCode::kInvalidArgument, "cache.seq_lens = null");
@@ -261,7 +228,7 @@ inline void accumulate_value(const Format& f, const layout::PageLayout& l, const
 // (raw: no soft cap, no window, no softmax). Entries t >= seq_lens[s] are left untouched.
 [[nodiscard]] inline Status scores(const ScoresArgs& a) noexcept {
   TQ_RETURN_IF_ERROR(detail::check_format(a.format));
-  TQ_RETURN_IF_ERROR(detail::check_non_negative_finite("softmax_scale", a.softmax_scale));
+  TQ_RETURN_IF_ERROR(checks::finite_non_negative("softmax_scale", a.softmax_scale));
   if (a.scores == nullptr) return make_status(StatusCode::kInvalidArgument, "scores = null");
   if (!checks::aligned(a.scores, sizeof(float)))
     return make_status(StatusCode::kMisaligned, "scores = ", static_cast<const void*>(a.scores),
@@ -296,8 +263,8 @@ inline void accumulate_value(const Format& f, const layout::PageLayout& l, const
 // sequence of length 0 gets an all-zero output row and lse = -infinity.
 [[nodiscard]] inline Status decode_attention(const DecodeAttentionArgs& a) noexcept {
   TQ_RETURN_IF_ERROR(detail::check_format(a.format));
-  TQ_RETURN_IF_ERROR(detail::check_non_negative_finite("softmax_scale", a.softmax_scale));
-  TQ_RETURN_IF_ERROR(detail::check_non_negative_finite("logit_softcap", a.logit_softcap));
+  TQ_RETURN_IF_ERROR(checks::finite_non_negative("softmax_scale", a.softmax_scale));
+  TQ_RETURN_IF_ERROR(checks::finite_non_negative("logit_softcap", a.logit_softcap));
   if (a.sliding_window < 0)
     return make_status(StatusCode::kInvalidArgument, "sliding_window = ", a.sliding_window,
                        ": must be >= 0 (0 = off)");
