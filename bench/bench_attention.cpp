@@ -10,7 +10,8 @@
 //   GB/s         bytes / time
 //   pct_copy_bw  GB/s over the card's copy bandwidth, measured once as (bytes read + written) / time
 //                of a 1 GiB device-to-device cudaMemcpyAsync
-//   splits       context splits per sequence chosen by the heuristic
+//   splits       context splits per sequence (the heuristic's, or the sweep's)
+//   prefetch     L2 prefetch distance in chunks per warp (BM_DecodeAttentionSweep varies it)
 // Without a device every benchmark reports "no CUDA device" and the program exits 0.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
@@ -201,12 +202,14 @@ std::unique_ptr<Setup> make_setup(int64_t batch, int64_t context, int64_t key_bi
   return s;
 }
 
-void BM_DecodeAttention(benchmark::State& state) {
+// One timed case: the shape of range(0..3), split count `splits` (0 = heuristic) and L2 prefetch
+// distance `prefetch` (-1 = the library default, 0 = off), programmatic dependent launch `pdl`.
+void run_case(benchmark::State& state, int32_t splits, int32_t prefetch, bool pdl) {
   if (!device_available()) {
     state.SkipWithError("no CUDA device");
     return;
   }
-  static std::unique_ptr<Setup> setup;
+  static std::unique_ptr<Setup> setup;  // shared by every benchmark: the shapes run in order
   const int64_t batch = state.range(0), context = state.range(1), kb = state.range(2), vb = state.range(3);
   if (!setup || !setup->same(batch, context, kb, vb)) {
     setup.reset();  // free the previous shape first
@@ -217,11 +220,24 @@ void BM_DecodeAttention(benchmark::State& state) {
     state.SkipWithError(s.error.c_str());
     return;
   }
+  tq::cuda::DecodeAttentionArgs a = s.args;
+  a.num_splits = splits;
+  a.prefetch_distance = prefetch;
+  a.programmatic_launch = pdl;
+  const size_t need = tq::cuda::workspace_bytes(a);
+  if (need > s.workspace_bytes) {  // more splits than the heuristic's
+    s.workspace.reset();
+    s.workspace = device_alloc(need);
+    s.workspace_bytes = s.workspace ? need : 0;
+    if (!s.workspace) {
+      state.SkipWithError("could not allocate the workspace");
+      return;
+    }
+  }
   const tq::cuda::Workspace ws{s.workspace.get(), s.workspace_bytes};
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
-  tq::cuda::DecodeAttentionArgs a = s.args;
   // Warm-up over every copy.
   for (const DevicePtr& pool : s.pools) {
     a.cache.pages = pool.get();
@@ -269,10 +285,40 @@ void BM_DecodeAttention(benchmark::State& state) {
   state.counters["GB/s"] = bytes / mean_s / kGiga;
   state.counters["pct_copy_bw"] = copy > 0.0 ? 100.0 * (bytes / mean_s) / copy : 0.0;
   state.counters["copy_GB/s"] = copy / kGiga;
-  state.counters["splits"] = tq::cuda::decode_attention_splits(s.args);
+  state.counters["splits"] = tq::cuda::decode_attention_splits(a);
+  state.counters["prefetch"] = prefetch < 0 ? tq::cuda::kDefaultAttentionPrefetch : prefetch;
+  state.counters["pdl"] = pdl ? 1 : 0;
   state.counters["caches"] = static_cast<double>(s.pools.size());
   state.SetLabel("K" + std::to_string(kb) + "V" + std::to_string(vb) + " batch " + std::to_string(batch) +
                  " x context " + std::to_string(context));
+}
+
+void BM_DecodeAttention(benchmark::State& state) { run_case(state, 0, -1, true); }
+
+// Tuning sweep (K4V4 unless noted): args batch, context, kbits, vbits, splits (0 = heuristic),
+// prefetch (-1 = default), pdl (programmatic dependent launch, 1 = on). Filter with
+// --benchmark_filter=Sweep.
+void BM_DecodeAttentionSweep(benchmark::State& state) {
+  run_case(state, static_cast<int32_t>(state.range(4)), static_cast<int32_t>(state.range(5)), state.range(6) != 0);
+}
+
+void sweep(benchmark::internal::Benchmark* b) {
+  // {batch, context, the first version's split count, one more split count}; the first entry of
+  // each shape (old splits, prefetch 0, no PDL) reproduces the first version's configuration.
+  const int64_t cases[][4] = {{32, 16384, 2, 6}, {1, 131072, 33, 98}, {1, 32768, 33, 98}, {32, 4096, 2, 6}};
+  const int64_t prefetch[] = {0, 2, 4, 8, 16};
+  for (const auto& c : cases) {
+    b->Args({c[0], c[1], 4, 4, c[2], 0, 0});
+    for (const int64_t d : prefetch) b->Args({c[0], c[1], 4, 4, 0, d, 1});
+    b->Args({c[0], c[1], 4, 4, 0, -1, 0});
+    b->Args({c[0], c[1], 4, 4, c[2], -1, 1});
+    b->Args({c[0], c[1], 4, 4, c[3], -1, 1});
+  }
+  // Does the prefetch let fewer bytes mean less time?
+  for (const int64_t bits : {3, 2})
+    for (const auto& c : cases)
+      for (const int64_t d : {0, 8}) b->Args({c[0], c[1], bits, bits, 0, d, 1});
+  b->ArgNames({"batch", "context", "kbits", "vbits", "splits", "prefetch", "pdl"});
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
@@ -284,6 +330,7 @@ void shapes(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_DecodeAttention)->Apply(shapes)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DecodeAttentionSweep)->Apply(sweep)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -3,6 +3,7 @@
 # a short summary is printed last. Stages (default: all but sanitize):
 #   bash bench/run_gpu.sh build test bench baseline     # then, in a second call:
 #   bash bench/run_gpu.sh sanitize                        # compute-sanitizer runs of every gpu test
+# TQ_BENCH_FILTER narrows the benchmarks (Google Benchmark's --benchmark_filter regex).
 # The FP16 baseline (fp16_baseline.py, torch SDPA) is looked for at $TQ_BASELINE or .gpu/.
 set -uo pipefail
 out=${OUT:-gpu-logs}
@@ -37,7 +38,7 @@ for stage in "${stages[@]}"; do
       for b in "$build"/bench/bench_*; do
         [ -x "$b" ] || continue
         name=$(basename "$b")
-        "$b" --benchmark_out="$out/$name.json" --benchmark_out_format=json --benchmark_counters_tabular=true \
+        "$b" --benchmark_filter="${TQ_BENCH_FILTER:-.}" --benchmark_out="$out/$name.json" --benchmark_out_format=json --benchmark_counters_tabular=true \
           > "$out/$name.txt" 2>&1 || { rc=1; say "$name: FAILED"; }
         tail -n +1 "$out/$name.txt" | grep -vE '^\s*$' | tail -40
       done ;;

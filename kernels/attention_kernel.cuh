@@ -15,7 +15,7 @@
 //   3. the queries of the head tile (up to 8 heads of one GQA group) rotated with the keys' RHT in
 //      fp32 (device/rht.cuh), normalised by their largest coordinate and split into fp16 hi + lo;
 //   4. each warp walks every kAttentionWarps-th chunk, prefetching the next chunk's codes and scales
-//      into registers, and per chunk runs
+//      into registers and the one p.prefetch_distance steps ahead into L2, and per chunk runs
 //        S = Q K^T  as 2 (n-tiles of 8 tokens) x HeadDim/16 (k-steps) x 2 (level hi, lo)
 //                   mma.m16n8k16: A = queries (rows 0-7 the hi parts of heads 0-7, rows 8-15 the
 //                   lo parts, so S = C[g] + C[g + 8]), B = key codes -> half2 levels (hi, then lo);
@@ -25,6 +25,8 @@
 //      every coordinate permutation below is chosen so that a lane's codes are one contiguous
 //      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
 //   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
+// Both kernels may start early under programmatic dependent launch (wait_for_prior_grids); the
+// split kernel builds its tables (parameters only) before waiting.
 // Merge kernel, one warp-fraction per (sequence, query head) (device::VectorLayout): combines the
 // splits by log-sum-exp, divides by the sum, applies x = s * H y / sqrt(d) with the values' signs
 // (device::walsh_hadamard, the CPU's stage order) and writes out (q's dtype) and lse.
@@ -528,11 +530,85 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   }
 }
 
-// Resident split CTAs per SM the register allocation aims at: 3 (<= 168 registers) up to
-// head_dim 128, 2 (<= 255) for 256, whose accumulators and query fragments take twice the registers.
-// Shared memory allows this many (Shape::kSmemBytes <= 72 KB).
+// Resident split CTAs per SM the register allocation aims at (attention_ctas_per_sm: <= 168
+// registers up to head_dim 128, <= 255 at 256). Shared memory allows this many
+// (Shape::kSmemBytes <= 72 KB).
 template <int HeadDim>
-inline constexpr int kMinSplitCtasPerSm = HeadDim <= 128 ? 3 : 2;
+inline constexpr int kMinSplitCtasPerSm = attention_ctas_per_sm(HeadDim);
+
+// ---- L2 prefetch of a future chunk ------------------------------------------------------------------
+// The register prefetch keeps one chunk per warp in flight, far too few bytes for the latency of
+// HBM (Little's law: ~4 TB/s x ~1 us = ~4 MB chip-wide). A warp therefore also asks L2 for the chunk
+// p.prefetch_distance of its own steps ahead: four bulk prefetches (no registers held, nothing
+// waited on), so its register loads hit L2. Lane r < kPrefetchRegions issues region r.
+enum PrefetchRegion : int { kKeyCodes, kKeyScales, kValueCodes, kValueScales, kPrefetchRegions };
+
+// Asks L2 for [p, p + bytes) (16-byte aligned, bytes a multiple of 16); a hint, never waited on.
+__device__ __forceinline__ void prefetch_l2(const uint8_t* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(__cvta_generic_to_global(p)), "r"(bytes)
+               : "memory");
+#else
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+#endif
+}
+
+// Programmatic dependent launch (sm_90): both kernels may be launched before the previous kernel of
+// the stream has finished; wait_for_prior_grids() returns once it has and its writes are visible.
+// Nothing the previous kernel may write (queries, block table, lengths, pages, the workspace a
+// previous call's merge still reads) is touched before it. Without the launch attribute it returns
+// at once.
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// The block-table entry of chunk `chunk` of sequence `seq` (-1 when outside the pool): loaded one
+// step before prefetch_chunk_l2 needs it, so the dependent load is off the critical path.
+__device__ __forceinline__ int prefetch_page(const AttentionParams& p, int seq, int chunk) {
+  const int slot = chunk * kChunkTokens / p.page_size;
+  const int page = __ldg(p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq + slot);
+  return page >= 0 && page < p.num_pages ? page : -1;
+}
+
+// Region `region` (< kPrefetchRegions) of chunk `chunk` in page `page` (>= 0). Planes start 16-byte
+// aligned (layout::kAlignment) and a chunk starts at row 16 i, so every region is 16-byte aligned
+// and a multiple of 16 bytes long.
+template <class S>
+__device__ __forceinline__ void prefetch_chunk_l2(const AttentionParams& p, int page, int kv, int chunk,
+                                                  int region) {
+  const int row0 = chunk * kChunkTokens % p.page_size;
+  const uint8_t* head = p.pages + page * p.page_bytes + kv * p.head_bytes;
+  constexpr int kFp32ScaleBytes = sizeof(float), kFp16ScaleBytes = sizeof(uint16_t);
+  const int key_scale_bytes = p.key_norm == NormStorage::kF32 ? kFp32ScaleBytes : kFp16ScaleBytes;
+  const int value_scale_bytes = p.value_norm == NormStorage::kF32 ? kFp32ScaleBytes : kFp16ScaleBytes;
+  static_assert((kChunkTokens * S::kKeyRowBytes) % kMaxLoadBytes == 0 &&
+                    (kChunkTokens * S::kValueRowBytes) % kMaxLoadBytes == 0 &&
+                    (kChunkTokens * kFp16ScaleBytes) % kMaxLoadBytes == 0,
+                "bulk prefetch sizes are multiples of 16 bytes");
+  int64_t offset;
+  int bytes;
+  switch (region) {
+    case kKeyCodes:
+      offset = p.key_codes_offset + static_cast<int64_t>(row0) * S::kKeyRowBytes;
+      bytes = kChunkTokens * S::kKeyRowBytes;
+      break;
+    case kKeyScales:
+      offset = p.key_scales_offset + static_cast<int64_t>(row0) * key_scale_bytes;
+      bytes = kChunkTokens * key_scale_bytes;
+      break;
+    case kValueCodes:
+      offset = p.value_codes_offset + static_cast<int64_t>(row0) * S::kValueRowBytes;
+      bytes = kChunkTokens * S::kValueRowBytes;
+      break;
+    default:  // kValueScales
+      offset = p.value_scales_offset + static_cast<int64_t>(row0) * value_scale_bytes;
+      bytes = kChunkTokens * value_scale_bytes;
+      break;
+  }
+  prefetch_l2(head + offset, static_cast<uint32_t>(bytes));
+}
 
 template <int HeadDim, int KeyBits, int ValueBits, DType QType>
 __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
@@ -546,6 +622,11 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   auto* factor_s = reinterpret_cast<float*>(q_lo + S::kQueryHalves);
   auto* merge_out = reinterpret_cast<float*>(smem);                             // after the main loop
   auto* merge_max_sum = reinterpret_cast<float2*>(merge_out + S::kMergeOutFloats);
+
+  // The pair tables depend on the parameters only: built while the previous kernel drains.
+  build_key_table<KeyBits>(key_table, p.key_levels);
+  build_value_table<ValueBits>(value_table, p.value_levels);
+  wait_for_prior_grids();
 
   const int split = blockIdx.x;
   const int kv = blockIdx.y / p.head_tiles;
@@ -575,8 +656,15 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     return;
   }
 
-  build_key_table<KeyBits>(key_table, p.key_levels);
-  build_value_table<ValueBits>(value_table, p.value_levels);
+  // Each warp's first p.prefetch_distance chunks go to L2 now, overlapping the query rotation:
+  // lane i takes region i % kPrefetchRegions of step i / kPrefetchRegions (independent loads).
+  const int prefetch_step = p.prefetch_distance * kAttentionWarps;  // chunks; 0 = off
+  for (int i = lane; i < p.prefetch_distance * kPrefetchRegions; i += kWarpSize) {
+    const int c = begin + warp + (i / kPrefetchRegions) * kAttentionWarps;
+    const int page = c < end ? prefetch_page(p, seq, c) : -1;
+    if (page >= 0) prefetch_chunk_l2<S>(p, page, kv, c, i % kPrefetchRegions);
+  }
+
   rotate_queries<HeadDim, QType>(p, seq, kv * p.group + head0, heads, q_hi, q_lo, factor_s);
   __syncthreads();
 
@@ -609,9 +697,12 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   int chunk = begin + warp;
   if (chunk < end) load_chunk_regs<S>(p, seq, kv, chunk, group, quad, cur);
   for (; chunk < end; chunk += kAttentionWarps) {
+    const int ahead = chunk + prefetch_step;  // == chunk when off: never prefetched
+    const int ahead_page = (prefetch_step > 0 && lane < kPrefetchRegions && ahead < end) ? prefetch_page(p, seq, ahead) : -1;
     if (chunk + kAttentionWarps < end) load_chunk_regs<S>(p, seq, kv, chunk + kAttentionWarps, group, quad, next);
     attend_chunk<S>(p, cur, chunk * kChunkTokens, first, len, quad, factor, qf, key_lane, value_lane, m_run,
                     l_run, acc);
+    if (ahead_page >= 0) prefetch_chunk_l2<S>(p, ahead_page, kv, ahead, lane);
     cur = next;
   }
   // Each lane summed its own tokens; the group's four lanes share one head.
@@ -661,6 +752,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   const int64_t v = static_cast<int64_t>(blockIdx.x) * kVectorsPerBlock + threadIdx.x / Layout::kLanes;
   const int64_t total = static_cast<int64_t>(p.num_seqs) * p.q_heads;
   const bool active = v < total;  // inactive lanes still join the shuffles of the transform
+  wait_for_prior_grids();  // the partials of the split kernel
 
   float x[Layout::kChunks][device::kChunk];
 #pragma unroll
@@ -747,15 +839,25 @@ cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t 
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
                   static_cast<unsigned>(params.num_seqs));
-  split_kernel<<<grid, ak::kThreads, S::kSmemBytes, stream>>>(params);
-  e = cudaGetLastError();
+  cudaLaunchAttribute programmatic{};
+  programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  programmatic.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(ak::kThreads);
+  config.dynamicSmemBytes = S::kSmemBytes;
+  config.stream = stream;
+  config.attrs = &programmatic;
+  config.numAttrs = params.programmatic_launch ? 1u : 0u;
+  e = cudaLaunchKernelEx(&config, split_kernel, params);
   if (e != cudaSuccess) return e;
   using Layout = device::VectorLayout<HeadDim>;
   constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / Layout::kLanes;
   const int64_t vectors = static_cast<int64_t>(params.num_seqs) * params.q_heads;
-  const auto blocks = static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock);
-  ak::decode_attention_merge_kernel<HeadDim, QType><<<blocks, ak::kMergeThreads, 0, stream>>>(params);
-  return cudaGetLastError();
+  config.gridDim = dim3(static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock));
+  config.blockDim = dim3(ak::kMergeThreads);
+  config.dynamicSmemBytes = 0;
+  return cudaLaunchKernelEx(&config, &ak::decode_attention_merge_kernel<HeadDim, QType>, params);
 }
 
 }  // namespace turboquant::cuda::detail

@@ -20,6 +20,10 @@ namespace turboquant::cuda::detail {
 inline constexpr int kAttentionHeadsPerCta = 8;
 // Warps of a split CTA; each walks every kAttentionWarps-th chunk of the CTA's token range.
 inline constexpr int kAttentionWarps = 4;
+// Split CTAs resident per SM that the split kernel is built for (its __launch_bounds__ minimum;
+// registers and shared memory allow this many): 3 up to head_dim 128, 2 at 256, whose accumulators
+// and query fragments take twice the registers. The split heuristic plans whole waves with it.
+[[nodiscard]] constexpr int attention_ctas_per_sm(int head_dim) noexcept { return head_dim <= 128 ? 3 : 2; }
 
 struct AttentionParams {
   // Queries: element (s, h, j) at q[s * q_stride0 + h * q_stride1 + j], dtype = the instance's QType.
@@ -51,6 +55,9 @@ struct AttentionParams {
   int32_t group = 0;                   // q_heads / kv_heads; query head h reads KV head h / group
   int32_t head_tiles = 0;              // ceil(group / kAttentionHeadsPerCta)
   int32_t num_splits = 0;              // context splits per (sequence, KV head, head tile)
+  int32_t prefetch_distance = 0;       // L2 prefetch: a warp bulk-prefetches the codes and scales of
+                                       // the chunk this many of its own chunks ahead; 0 = off
+  bool programmatic_launch = false;    // host side only: launch with programmatic stream serialization
 
   float softmax_scale = 0.0f;          // resolved (never 0): multiplies q . k_hat
   float logit_softcap = 0.0f;          // 0 = off

@@ -30,11 +30,16 @@ namespace turboquant::cuda::detail {
 
 inline constexpr int kThreadsPerBlock = 256;
 inline constexpr int kWarpsPerBlock = kThreadsPerBlock / device::kWarpSize;
-// __launch_bounds__ minimum blocks per SM: 2 caps a thread at 128 registers (16 warps per SM).
-// With the one-row prefetch a lower cap spills (80 registers: 100-350 bytes); kernels/NOTES.md has
-// the register report.
+// __launch_bounds__ minimum blocks per SM: 2 caps a thread at 128 registers (16 warps per SM), 3 at
+// 80 (24 warps), 4 at 64. Encode and rotate spill below 128 (80 registers: 100-350 bytes); decode
+// fits 80 without spills (64 spills 64-160 bytes), and its few bytes per row in flight need the
+// extra warps. kernels/NOTES.md has the register report.
 inline constexpr int kEncodeMinBlocksPerSm = 2;
-inline constexpr int kDecodeMinBlocksPerSm = 2;
+// Decode: 3 blocks per SM (80 registers) where that does not spill (2 and 4 bits: measured +10%
+// at 4 bits on an H200); 1- and 3-bit decode spill 32-48 bytes at 80 registers and were measured
+// slower (3 bits: 157 us against 134 us at 2 blocks), so they keep 2.
+template <int Bits>
+inline constexpr int kDecodeMinBlocksPerSm = (Bits == 2 || Bits == 4) ? 3 : 2;
 inline constexpr int kRotateMinBlocksPerSm = 2;
 inline constexpr int32_t kInt32Max = 0x7fffffff;
 
@@ -294,20 +299,24 @@ __device__ inline void load_decode_row(const DecodeParams& p, int64_t row, int64
       int32_t token = 0;
       divmod(r.token, p.max_tokens, seq, token);
       // Rows past the sequence (or past the pages given) and bad block-table entries: untouched.
+      // The sequence length and the block-table entry are loaded side by side (the entry exists
+      // whenever token < page_capacity, whatever the length), so a row waits for two dependent
+      // loads (entry, then codes), not three.
       const int64_t page_capacity = static_cast<int64_t>(p.max_pages_per_seq) * p.planes.page_size.divisor;
-      r.active = token < __ldg(p.seq_lens + seq) && token < page_capacity;  // token < max_tokens already
-      if (r.active) {
-        int64_t page_index = 0;
-        int32_t in_page = 0;
+      int64_t page_index = 0;
+      int32_t in_page = 0;
+      int32_t seq_len = 0, page = -1;
+      if (token < page_capacity) {  // token < max_tokens already
         divmod(token, p.planes.page_size, page_index, in_page);
-        const int32_t page = __ldg(p.block_table + seq * p.max_pages_per_seq + page_index);
-        r.active = page >= 0 && page < p.num_pages;
-        if (r.active) {
-          const uint8_t* head =
-              p.pages + static_cast<int64_t>(page) * p.planes.page_bytes + r.head * p.planes.head_bytes;
-          codes = head + p.planes.codes_offset + static_cast<int64_t>(in_page) * kCodeBytes;
-          scale = head + p.planes.scales_offset + static_cast<int64_t>(in_page) * p.scale_bytes;
-        }
+        seq_len = __ldg(p.seq_lens + seq);
+        page = __ldg(p.block_table + seq * p.max_pages_per_seq + page_index);
+      }
+      r.active = token < seq_len && page >= 0 && page < p.num_pages;
+      if (r.active) {
+        const uint8_t* head =
+            p.pages + static_cast<int64_t>(page) * p.planes.page_bytes + r.head * p.planes.head_bytes;
+        codes = head + p.planes.codes_offset + static_cast<int64_t>(in_page) * kCodeBytes;
+        scale = head + p.planes.scales_offset + static_cast<int64_t>(in_page) * p.scale_bytes;
       }
     } else {
       codes = p.codes + row * kCodeBytes;
@@ -320,14 +329,22 @@ __device__ inline void load_decode_row(const DecodeParams& p, int64_t row, int64
 }
 
 template <int HeadDim, int Bits>
-__global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm)
+__global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm<Bits>)
     decode_kernel(const __grid_constant__ DecodeParams p) {
   using Layout = device::VectorLayout<HeadDim>;
   constexpr int kChunks = Layout::kChunks;
   constexpr float kRhtScale = inv_sqrt_pow2(HeadDim);  // == rht_scale<float>(HeadDim)
 
-  __shared__ float levels[kMaxLevels];
-  if (threadIdx.x < kMaxLevels) levels[threadIdx.x] = p.levels[threadIdx.x];
+  // Level pairs (turboquant/device/codebook.cuh): one conflict-free 8-byte shared-memory read gives
+  // the levels of two coordinates, from the 2 Bits bits that hold both (one shift, one LOP3, one
+  // LDS.64 per pair instead of two shifts, two masks and two LDS.32).
+  constexpr int kLevelMask = (1 << Bits) - 1;
+  constexpr int kPairTableSize = device::kPairTableSize<Bits>;
+  __shared__ float2 pair_levels[kPairTableSize];
+  for (int i = static_cast<int>(threadIdx.x); i < kPairTableSize; i += kThreadsPerBlock) {
+    const int entry = i / device::kPairCopies;
+    pair_levels[i] = make_float2(p.levels[entry & kLevelMask], p.levels[entry >> Bits]);
+  }
   __syncthreads();
 
   const int lane = static_cast<int>(threadIdx.x) % device::kWarpSize;
@@ -337,6 +354,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm)
   device::ChunkSigns flip[kChunks];
 #pragma unroll
   for (int u = 0; u < kChunks; ++u) flip[u] = device::chunk_signs(p.signs, chunk_of(u));
+  const uint32_t pair_copy = device::pair_copy_offset(lane);
   const int64_t rows = p.dim0 * p.dim1.divisor;
 
   RowWalk<Layout::kVectorsPerWarp> walk(lane_vector);
@@ -348,8 +366,12 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm)
 #pragma unroll
     for (int u = 0; u < kChunks; ++u)
 #pragma unroll
-      for (int k = 0; k < device::kChunk; ++k)
-        x[u][k] = __fmul_rn(next.scale, device::level_at(levels, device::unpacked_offset<Bits>(next.words[u], k)));
+      for (int j = 0; j < device::kPairsPerChunk; ++j) {
+        const float2 pair =
+            device::pair_at(pair_levels, device::unpacked_pair_offset<Bits>(next.words[u], j, pair_copy));
+        x[u][2 * j] = __fmul_rn(next.scale, pair.x);
+        x[u][2 * j + 1] = __fmul_rn(next.scale, pair.y);
+      }
     const bool active = next.active;
     const int64_t token = next.token;
     const int32_t head = next.head;

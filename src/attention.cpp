@@ -58,11 +58,9 @@ std::string built_list() {
 }
 
 // ---- split heuristic ----------------------------------------------------------------------------------
-// Split CTAs aimed at per SM: with about three resident per SM (one CTA uses up to ~72 KB of shared
-// memory), two per SM fills the card in one wave with room for the merge tail.
-constexpr int32_t kTargetCtasPerSm = 2;
-// A split should give every warp of its CTA at least this many chunks, or the prologue (tables,
-// query rotation) and the partial traffic outweigh the parallelism gained.
+// Per-CTA fixed cost (pair tables, query rotation, warp merge, partial store) in chunks of one
+// CTA's walk: a split should give each CTA clearly more chunks than this.
+constexpr int32_t kPrologueChunks = 8;
 constexpr int32_t kMinChunksPerWarp = 2;
 constexpr int32_t kMinChunksPerSplit = kMinChunksPerWarp * kAttentionWarps;
 
@@ -99,11 +97,24 @@ int32_t resolve_splits(const DecodeAttentionArgs& a, const Shape& sh) noexcept {
   if (a.sliding_window > 0 && a.sliding_window < attended) attended = int64_t{a.sliding_window} + kAttentionChunkTokens;
   const int32_t chunks = ceil_div(attended, kAttentionChunkTokens);
   const int32_t useful = chunks <= kMinChunksPerSplit ? 1 : ceil_div(chunks, kMinChunksPerSplit);
+  // Whole waves: a warp's speed is bound by its latency, not by what else runs on its SM (measured:
+  // time flat in bytes), so a call costs (waves) x (chunks of one CTA + its fixed cost). Pick the
+  // split count minimising that over the resident CTA slots of the card; ties go to fewer splits.
+  // (Batch 32 x 16K, d 128: 3 splits = 768 CTAs = 1.94 waves of 396 slots; batch 1 x 128K: 49.)
   const int64_t ctas_per_split = int64_t{sh.num_seqs} * sh.kv_heads * sh.head_tiles;
-  const int32_t wanted = ceil_div(int64_t{a.sm_count} * kTargetCtasPerSm, ctas_per_split);
-  int32_t splits = wanted < useful ? wanted : useful;
-  if (splits > kMaxAttentionSplits) splits = kMaxAttentionSplits;
-  return splits < 1 ? 1 : splits;
+  const int64_t slots = int64_t{a.sm_count} * detail::attention_ctas_per_sm(sh.head_dim);
+  const int32_t most = useful < kMaxAttentionSplits ? useful : kMaxAttentionSplits;
+  int32_t best = 1;
+  int64_t best_cost = -1;
+  for (int32_t splits = 1; splits <= most; ++splits) {
+    const int64_t waves = (ctas_per_split * splits + slots - 1) / slots;
+    const int64_t cost = waves * (ceil_div(chunks, splits) + kPrologueChunks);
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best = splits;
+    }
+  }
+  return best;
 }
 
 // ---- workspace layout ---------------------------------------------------------------------------------
@@ -124,38 +135,6 @@ WorkspaceLayout workspace_layout(const Shape& sh, int32_t splits) noexcept {
 }
 
 // ---- checks -------------------------------------------------------------------------------------------
-Status check_finite_non_negative(const char* name, float v) noexcept {
-  if (!std::isfinite(v) || v < 0.0f)
-    return make_status(StatusCode::kInvalidArgument, name, " = ", v, ": must be finite and >= 0");
-  return Status::ok();
-}
-
-Status check_layout(const Format& f, const layout::PageLayout& l) noexcept {
-  const layout::PageLayout e = layout::page_layout(f, l.page_size, l.kv_heads);
-  struct Field {
-    const char* name;
-    int64_t got, expected;
-  };
-  const Field fields[] = {
-      {"key_row_bytes", l.key_row_bytes, e.key_row_bytes},
-      {"value_row_bytes", l.value_row_bytes, e.value_row_bytes},
-      {"key_scale_bytes", l.key_scale_bytes, e.key_scale_bytes},
-      {"value_scale_bytes", l.value_scale_bytes, e.value_scale_bytes},
-      {"key_codes_offset", l.key_codes_offset, e.key_codes_offset},
-      {"key_scales_offset", l.key_scales_offset, e.key_scales_offset},
-      {"value_codes_offset", l.value_codes_offset, e.value_codes_offset},
-      {"value_scales_offset", l.value_scales_offset, e.value_scales_offset},
-      {"head_bytes", l.head_bytes, e.head_bytes},
-      {"page_bytes", l.page_bytes, e.page_bytes},
-  };
-  for (const Field& fd : fields)
-    if (fd.got != fd.expected)
-      return make_status(StatusCode::kInvalidArgument, "cache.layout.", fd.name, " = ", fd.got,
-                         " but layout::page_layout(format, page_size = ", l.page_size, ", kv_heads = ", l.kv_heads,
-                         ").", fd.name, " = ", fd.expected);
-  return Status::ok();
-}
-
 // Everything the host can see; on success *sh and *entry describe the call.
 Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexcept {
   const Format& f = a.format;
@@ -198,7 +177,7 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexc
   if (!checks::aligned(c.pages, layout::kAlignment))
     return make_status(StatusCode::kMisaligned, "cache.pages = ", c.pages, ": must be ", layout::kAlignment,
                        "-byte aligned");
-  TQ_RETURN_IF_ERROR(check_layout(f, l));
+  TQ_RETURN_IF_ERROR(checks::cache_layout(f, l));
   if (l.page_size % kAttentionChunkTokens != 0)
     return make_status(StatusCode::kUnsupportedFormat, "cache.layout.page_size = ", l.page_size,
                        ": the CUDA decode attention reads ", kAttentionChunkTokens,
@@ -236,8 +215,8 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexc
     return make_status(StatusCode::kMisaligned, "lse = ", static_cast<const void*>(a.lse),
                        ": not aligned to 4-byte floats");
 
-  TQ_RETURN_IF_ERROR(check_finite_non_negative("softmax_scale", a.softmax_scale));
-  TQ_RETURN_IF_ERROR(check_finite_non_negative("logit_softcap", a.logit_softcap));
+  TQ_RETURN_IF_ERROR(checks::finite_non_negative("softmax_scale", a.softmax_scale));
+  TQ_RETURN_IF_ERROR(checks::finite_non_negative("logit_softcap", a.logit_softcap));
   if (a.sliding_window < 0)
     return make_status(StatusCode::kInvalidArgument, "sliding_window = ", a.sliding_window, ": must be >= 0 (0 = off)");
   const int64_t capacity = static_cast<int64_t>(c.max_pages_per_seq) * l.page_size;
@@ -245,6 +224,9 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexc
     return make_status(StatusCode::kInvalidArgument, "max_seq_len = ", a.max_seq_len,
                        ": must be in [0, max_pages_per_seq * page_size = ", c.max_pages_per_seq, " * ", l.page_size,
                        " = ", capacity, "]");
+  if (a.prefetch_distance < -1 || a.prefetch_distance > kMaxAttentionPrefetch)
+    return make_status(StatusCode::kInvalidArgument, "prefetch_distance = ", a.prefetch_distance,
+                       ": must be in [-1, ", kMaxAttentionPrefetch, "] (-1 = default, 0 = off)");
   if (a.num_splits < 0 || a.num_splits > kMaxAttentionSplits)
     return make_status(StatusCode::kInvalidArgument, "num_splits = ", a.num_splits, ": must be in [0, ",
                        kMaxAttentionSplits, "] (0 = heuristic)");
@@ -318,6 +300,8 @@ Status decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaS
   p.group = sh.group;
   p.head_tiles = sh.head_tiles;
   p.num_splits = splits;
+  p.prefetch_distance = a.prefetch_distance < 0 ? kDefaultAttentionPrefetch : a.prefetch_distance;
+  p.programmatic_launch = a.programmatic_launch;
   p.softmax_scale = a.softmax_scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(sh.head_dim)) : a.softmax_scale;
   p.logit_softcap = a.logit_softcap;
   p.sliding_window = a.sliding_window;

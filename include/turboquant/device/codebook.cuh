@@ -7,6 +7,8 @@
 // coordinates mostly lie within 32 consecutive ones, so the lookups rarely conflict.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 #include "turboquant/codebook_search.hpp"
@@ -86,6 +88,38 @@ __device__ inline uint32_t load_chunk_codes(const uint8_t* codes, int chunk) {
     const uint32_t byte = __ldg(p + (odd ? 0 : 2));
     return odd ? (byte | (half << kBitsPerByte)) : (half | (byte << (2 * kBitsPerByte)));
   }
+}
+
+// Decode reads two levels at once from a table of level pairs: entry i = (levels[i & (2^Bits - 1)],
+// levels[i >> Bits]), i = the 2 Bits bits of coordinates 2j (low) and 2j + 1 (high) of a chunk word
+// (LSB-first packing). The table is replicated once per lane of a half-warp, entry i of copy l at
+// byte 8 (16 i + l), so the 16 lanes of a half-warp (one LDS.64 wavefront) always hit 16 different
+// bank pairs, whatever their codes: conflict-free, 2^(2 Bits) x 128 B = 512 B .. 32 KiB.
+inline constexpr int kPairCopies = 16;  // lanes per LDS.64 wavefront (16 x 8 B = 128 B, all banks)
+inline constexpr int kPairBytesLog2 = 3;  // one float2
+inline constexpr int kPairEntryBytesLog2 = kPairBytesLog2 + 4;  // kPairCopies float2 per entry
+static_assert((1 << (kPairEntryBytesLog2 - kPairBytesLog2)) == kPairCopies, "entry = kPairCopies pairs");
+
+template <int Bits>
+inline constexpr int kPairTableSize = kPairCopies << (2 * Bits);  // float2 elements
+
+// Byte offset in the pair table of a lane's copy: bits [3, 7) of every offset.
+__device__ inline uint32_t pair_copy_offset(int lane) {
+  return static_cast<uint32_t>(lane % kPairCopies) << kPairBytesLog2;
+}
+
+// Byte offset of the pair of coordinates (2j, 2j + 1) of a packed chunk word in the pair table,
+// in the copy whose offset is `copy8` (pair_copy_offset): one shift and one LOP3 ((a & m) | c).
+template <int Bits>
+__device__ inline uint32_t unpacked_pair_offset(uint32_t word, int j, uint32_t copy8) {
+  const int shift = 2 * Bits * j - kPairEntryBytesLog2;
+  const uint32_t mask = ((1u << (2 * Bits)) - 1u) << kPairEntryBytesLog2;
+  return ((shift >= 0 ? word >> shift : word << -shift) & mask) | copy8;
+}
+
+// The level pair at byte offset `offset` of the pair table.
+__device__ inline float2 pair_at(const float2* pairs, uint32_t offset) {
+  return *reinterpret_cast<const float2*>(reinterpret_cast<const char*>(pairs) + offset);
 }
 
 // 4 * index of coordinate k of a packed chunk word: the byte offset of its level.
