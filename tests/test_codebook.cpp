@@ -2,6 +2,8 @@
 // the strictly-less rule, custom and calibrated codebooks.
 #include <gtest/gtest.h>
 
+#include "oracles.hpp"
+
 #include <cmath>
 #include <random>
 #include <vector>
@@ -11,16 +13,7 @@
 #include "turboquant/signs.hpp"
 
 namespace tq = turboquant;
-
-namespace {
-// GUIDE section 2: D_mse of the exact Lloyd-Max quantizer of the finite-d coordinate law.
-double guide_d_mse(int d, int bits) {
-  static const double table[3][4] = {{0.35839, 0.11453, 0.03339, 0.00913},
-                                     {0.36089, 0.11600, 0.03397, 0.00931},
-                                     {0.36214, 0.11674, 0.03426, 0.00941}};
-  return table[d == 64 ? 0 : d == 128 ? 1 : 2][bits - 1];
-}
-}  // namespace
+using turboquant::testing::guide_d_mse;
 
 class CodebookTable : public ::testing::TestWithParam<std::tuple<int, int>> {};
 

@@ -2,6 +2,8 @@
 // strides, paged scatter / gather, rotation, and every bad-input path.
 #include <gtest/gtest.h>
 
+#include "oracles.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -10,15 +12,11 @@
 #include "turboquant/cpu/codec.hpp"
 
 namespace tq = turboquant;
+using turboquant::testing::guide_d_mse;
+using turboquant::testing::relative_mse;
 
 namespace {
 
-double guide_d_mse(int d, int bits) {
-  static const double table[3][4] = {{0.35839, 0.11453, 0.03339, 0.00913},
-                                     {0.36089, 0.11600, 0.03397, 0.00931},
-                                     {0.36214, 0.11674, 0.03426, 0.00941}};
-  return table[d == 64 ? 0 : d == 128 ? 1 : 2][bits - 1];
-}
 
 // LLM-like rows: log-normal norms, a few outlier channels scaled by 20.
 std::vector<float> llm_like(int64_t n, int d, uint32_t seed) {
@@ -32,21 +30,6 @@ std::vector<float> llm_like(int64_t n, int d, uint32_t seed) {
   return x;
 }
 
-// Mean over rows of ||x - y||^2 / ||x||^2.
-double relative_mse(const std::vector<float>& x, const std::vector<float>& y, int d) {
-  double acc = 0;
-  const size_t n = x.size() / d;
-  for (size_t i = 0; i < n; ++i) {
-    double e = 0, r = 0;
-    for (int j = 0; j < d; ++j) {
-      const double a = x[i * d + j], b = y[i * d + j];
-      e += (a - b) * (a - b);
-      r += a * a;
-    }
-    acc += e / r;
-  }
-  return acc / static_cast<double>(n);
-}
 
 struct Coded {
   std::vector<uint8_t> codes;
@@ -158,11 +141,14 @@ TEST(Codec, NormsFarFromOne) {
       std::memcpy(&h, coded.scales.data() + 2 * i, 2);
       const float s = tq::half_bits_to_float(h);
       ASSERT_TRUE(std::isfinite(s)) << "never an inf in the cache";
-      if (target >= 1e5) ASSERT_EQ(s, tq::kHalfMax) << "documented saturation";
+      if (target >= 1e5) {
+        ASSERT_EQ(s, tq::kHalfMax) << "documented saturation";
+      }
     }
     for (float v : y) ASSERT_TRUE(std::isfinite(v));
-    if (target >= 1e-3 && target <= 1e3)
+    if (target >= 1e-3 && target <= 1e3) {
       EXPECT_NEAR(relative_mse(x, y, d), base, 0.01 * base) << "fp16 scales at norm " << target;
+    }
   }
 }
 
@@ -239,8 +225,11 @@ TEST(Codec, PagedScatterAndGatherMatchDense) {
       for (int h = 0; h < heads; ++h)
         for (int j = 0; j < d; ++j) {
           const float got = out[(t * heads + h) * d + j];
-          if (t >= tokens) ASSERT_EQ(got, -7.0f);               // beyond the length: untouched
-          else if (t != 7) ASSERT_EQ(got, ref[(t * heads + h) * d + j]);
+          if (t >= tokens) {
+            ASSERT_EQ(got, -7.0f);  // beyond the length: untouched
+          } else if (t != 7) {
+            ASSERT_EQ(got, ref[(t * heads + h) * d + j]);
+          }
         }
   }
 }
