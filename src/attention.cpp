@@ -9,6 +9,7 @@
 #include <string>
 
 #include "attention_params.hpp"
+#include "cuda_checks.hpp"
 #include "cuda_status.hpp"
 #include "turboquant/checks.hpp"
 #include "turboquant/layout.hpp"
@@ -167,36 +168,12 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexc
 
   const PagedCache& c = a.cache;
   const layout::PageLayout& l = c.layout;
-  if (c.pages == nullptr) return make_status(StatusCode::kInvalidArgument, "cache.pages = null");
-  if (c.num_pages <= 0)
-    return make_status(StatusCode::kInvalidArgument, "cache.num_pages = ", c.num_pages, ": must be > 0");
-  if (l.page_size <= 0)
-    return make_status(StatusCode::kInvalidArgument, "cache.layout.page_size = ", l.page_size, ": must be > 0");
-  if (l.kv_heads <= 0)
-    return make_status(StatusCode::kInvalidArgument, "cache.layout.kv_heads = ", l.kv_heads, ": must be > 0");
-  if (!checks::aligned(c.pages, layout::kAlignment))
-    return make_status(StatusCode::kMisaligned, "cache.pages = ", c.pages, ": must be ", layout::kAlignment,
-                       "-byte aligned");
-  TQ_RETURN_IF_ERROR(checks::cache_layout(f, l));
+  TQ_RETURN_IF_ERROR(detail::check_device_cache(f, c));
   if (l.page_size % kAttentionChunkTokens != 0)
     return make_status(StatusCode::kUnsupportedFormat, "cache.layout.page_size = ", l.page_size,
                        ": the CUDA decode attention reads ", kAttentionChunkTokens,
                        "-token chunks, page_size must be a multiple of ", kAttentionChunkTokens);
-  if (c.block_table == nullptr) return make_status(StatusCode::kInvalidArgument, "cache.block_table = null");
-  if (c.seq_lens == nullptr) return make_status(StatusCode::kInvalidArgument, "cache.seq_lens = null");
-  if (!checks::aligned(c.block_table, sizeof(int32_t)))
-    return make_status(StatusCode::kMisaligned, "cache.block_table = ", c.block_table, ": not 4-byte aligned");
-  if (!checks::aligned(c.seq_lens, sizeof(int32_t)))
-    return make_status(StatusCode::kMisaligned, "cache.seq_lens = ", c.seq_lens, ": not 4-byte aligned");
-  if (c.num_seqs <= 0)
-    return make_status(StatusCode::kInvalidArgument, "cache.num_seqs = ", c.num_seqs, ": must be > 0");
-  if (c.max_pages_per_seq <= 0)
-    return make_status(StatusCode::kInvalidArgument, "cache.max_pages_per_seq = ", c.max_pages_per_seq,
-                       ": must be > 0");
-  constexpr int32_t kMaxGridYZ = 65535;
-  if (c.num_seqs > kMaxGridYZ)
-    return make_status(StatusCode::kInvalidArgument, "cache.num_seqs = ", c.num_seqs, ": at most ", kMaxGridYZ,
-                       " sequences per call");
+  constexpr int32_t kMaxGridYZ = detail::kMaxGridYZ;
 
   if (a.q.dim0 != c.num_seqs)
     return make_status(StatusCode::kInvalidArgument, "q.dim0 = ", a.q.dim0, " but cache.num_seqs = ", c.num_seqs);
