@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "turboquant/cuda/attention.hpp"
+#include "turboquant/cuda/scores.hpp"
 #include "turboquant/format.hpp"
 #include "turboquant/layout.hpp"
 #include "turboquant/numeric.hpp"
@@ -293,6 +294,80 @@ void run_case(benchmark::State& state, int32_t splits, int32_t prefetch, bool pd
                  " x context " + std::to_string(context));
 }
 
+// cuda::scores on the same caches: raw scaled logits of every query head against every key.
+// Bytes = the K planes read + the fp32 scores written.
+void BM_Scores(benchmark::State& state) {
+  if (!device_available()) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const int64_t batch = state.range(0), context = state.range(1), kb = state.range(2);
+  std::unique_ptr<Setup> s = make_setup(batch, context, kb, kb);
+  if (!s->error.empty()) {
+    state.SkipWithError(s->error.c_str());
+    return;
+  }
+  const size_t score_bytes = static_cast<size_t>(batch) * kQHeads * static_cast<size_t>(context) * sizeof(float);
+  DevicePtr scores = device_alloc(score_bytes);
+  if (!scores) {
+    state.SkipWithError("could not allocate the scores");
+    return;
+  }
+  tq::cuda::ScoresArgs a;
+  a.format = s->format;
+  a.q = s->args.q;
+  a.cache = s->args.cache;
+  a.scores = static_cast<float*>(scores.get());
+  a.max_context = static_cast<int32_t>(context);
+  const tq::Status st = tq::cuda::can_implement(a);
+  if (!st.is_ok()) {
+    state.SkipWithError(st.to_string().c_str());
+    return;
+  }
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (const DevicePtr& pool : s->pools) {  // warm-up over every copy
+    a.cache.pages = pool.get();
+    (void)tq::cuda::scores(a, {}, nullptr);
+  }
+  cudaDeviceSynchronize();
+  size_t next = 0;
+  double total_ms = 0.0;
+  for (auto _ : state) {
+    a.cache.pages = s->pools[next].get();
+    next = (next + 1) % s->pools.size();
+    cudaEventRecord(start, nullptr);
+    const tq::Status run = tq::cuda::scores(a, {}, nullptr);
+    cudaEventRecord(stop, nullptr);
+    cudaEventSynchronize(stop);
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (!run.is_ok()) {
+      state.SkipWithError(run.to_string().c_str());
+      break;
+    }
+    total_ms += ms;
+    state.SetIterationTime(ms * 1e-3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  const double iterations = static_cast<double>(state.iterations());
+  if (iterations == 0.0) return;
+  const tq::layout::PageLayout& l = s->layout;
+  const double bytes = static_cast<double>(batch) * static_cast<double>(context) * kKvHeads *
+                           static_cast<double>(l.key_row_bytes + l.key_scale_bytes) +
+                       static_cast<double>(score_bytes);
+  const double mean_s = total_ms * 1e-3 / iterations;
+  const double copy = copy_bandwidth();
+  state.counters["ms"] = total_ms / iterations;
+  state.counters["bytes"] = bytes;
+  state.counters["GB/s"] = bytes / mean_s / kGiga;
+  state.counters["pct_copy_bw"] = copy > 0.0 ? 100.0 * (bytes / mean_s) / copy : 0.0;
+  state.SetLabel("K" + std::to_string(kb) + " scores, batch " + std::to_string(batch) + " x context " +
+                 std::to_string(context));
+}
+
 void BM_DecodeAttention(benchmark::State& state) { run_case(state, 0, -1, true); }
 
 // Tuning sweep (K4V4 unless noted): args batch, context, kbits, vbits, splits (0 = heuristic),
@@ -330,6 +405,12 @@ void shapes(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_DecodeAttention)->Apply(shapes)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Scores)
+    ->Args({32, 16384, 4})
+    ->Args({1, 131072, 4})
+    ->Args({32, 16384, 2})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DecodeAttentionSweep)->Apply(sweep)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
