@@ -203,6 +203,59 @@ std::unique_ptr<Setup> make_setup(int64_t batch, int64_t context, int64_t key_bi
   return s;
 }
 
+// Times launch(pages) (returning a Status) over the rotating cache copies, after a warm-up over
+// every copy, and sets the ms / bytes / GB/s / pct_copy_bw counters for `bytes` moved per call.
+// False (with the benchmark skipped) when a call fails.
+template <typename Launch>
+bool time_over_caches(benchmark::State& state, const std::vector<DevicePtr>& pools, double bytes, Launch launch) {
+  for (const DevicePtr& pool : pools) {
+    const tq::Status st = launch(pool.get());
+    if (!st.is_ok()) {
+      state.SkipWithError(st.to_string().c_str());
+      return false;
+    }
+  }
+  if (cudaDeviceSynchronize() != cudaSuccess) {
+    state.SkipWithError("warm-up failed");
+    return false;
+  }
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  size_t next = 0;
+  double total_ms = 0.0;
+  bool ok = true;
+  for (auto _ : state) {
+    const void* pages = pools[next].get();
+    next = (next + 1) % pools.size();
+    cudaEventRecord(start, nullptr);
+    const tq::Status st = launch(pages);
+    cudaEventRecord(stop, nullptr);
+    cudaEventSynchronize(stop);
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (!st.is_ok()) {
+      state.SkipWithError(st.to_string().c_str());
+      ok = false;
+      break;
+    }
+    total_ms += ms;
+    state.SetIterationTime(ms * 1e-3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  const double iterations = static_cast<double>(state.iterations());
+  if (!ok || iterations == 0.0) return false;
+  const double mean_s = total_ms * 1e-3 / iterations;
+  const double copy = copy_bandwidth();
+  state.counters["ms"] = total_ms / iterations;
+  state.counters["bytes"] = bytes;
+  state.counters["GB/s"] = bytes / mean_s / kGiga;
+  state.counters["pct_copy_bw"] = copy > 0.0 ? 100.0 * (bytes / mean_s) / copy : 0.0;
+  state.counters["copy_GB/s"] = copy / kGiga;
+  return true;
+}
+
 // One timed case: the shape of range(0..3), split count `splits` (0 = heuristic) and L2 prefetch
 // distance `prefetch` (-1 = the library default, 0 = off), programmatic dependent launch `pdl`.
 void run_case(benchmark::State& state, int32_t splits, int32_t prefetch, bool pdl) {
@@ -236,56 +289,11 @@ void run_case(benchmark::State& state, int32_t splits, int32_t prefetch, bool pd
     }
   }
   const tq::cuda::Workspace ws{s.workspace.get(), s.workspace_bytes};
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  // Warm-up over every copy.
-  for (const DevicePtr& pool : s.pools) {
-    a.cache.pages = pool.get();
-    const tq::Status st = tq::cuda::decode_attention(a, ws, nullptr);
-    if (!st.is_ok()) {
-      state.SkipWithError(st.to_string().c_str());
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
-      return;
-    }
-  }
-  if (cudaDeviceSynchronize() != cudaSuccess) {
-    state.SkipWithError("warm-up failed");
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    return;
-  }
-  size_t next = 0;
-  double total_ms = 0.0;
-  for (auto _ : state) {
-    a.cache.pages = s.pools[next].get();
-    next = (next + 1) % s.pools.size();
-    cudaEventRecord(start, nullptr);
-    const tq::Status st = tq::cuda::decode_attention(a, ws, nullptr);
-    cudaEventRecord(stop, nullptr);
-    cudaEventSynchronize(stop);
-    float ms = 0.0f;
-    cudaEventElapsedTime(&ms, start, stop);
-    if (!st.is_ok()) {
-      state.SkipWithError(st.to_string().c_str());
-      break;
-    }
-    total_ms += ms;
-    state.SetIterationTime(ms * 1e-3);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  const double iterations = static_cast<double>(state.iterations());
-  if (iterations == 0.0) return;
-  const double mean_s = total_ms * 1e-3 / iterations;
-  const double bytes = s.bytes_read();
-  const double copy = copy_bandwidth();
-  state.counters["ms"] = total_ms / iterations;
-  state.counters["bytes"] = bytes;
-  state.counters["GB/s"] = bytes / mean_s / kGiga;
-  state.counters["pct_copy_bw"] = copy > 0.0 ? 100.0 * (bytes / mean_s) / copy : 0.0;
-  state.counters["copy_GB/s"] = copy / kGiga;
+  const bool timed = time_over_caches(state, s.pools, s.bytes_read(), [&](const void* pages) {
+    a.cache.pages = pages;
+    return tq::cuda::decode_attention(a, ws, nullptr);
+  });
+  if (!timed) return;
   state.counters["splits"] = tq::cuda::decode_attention_splits(a);
   state.counters["prefetch"] = prefetch < 0 ? tq::cuda::kDefaultAttentionPrefetch : prefetch;
   state.counters["pdl"] = pdl ? 1 : 0;
@@ -324,46 +332,15 @@ void BM_Scores(benchmark::State& state) {
     state.SkipWithError(st.to_string().c_str());
     return;
   }
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  for (const DevicePtr& pool : s->pools) {  // warm-up over every copy
-    a.cache.pages = pool.get();
-    (void)tq::cuda::scores(a, {}, nullptr);
-  }
-  cudaDeviceSynchronize();
-  size_t next = 0;
-  double total_ms = 0.0;
-  for (auto _ : state) {
-    a.cache.pages = s->pools[next].get();
-    next = (next + 1) % s->pools.size();
-    cudaEventRecord(start, nullptr);
-    const tq::Status run = tq::cuda::scores(a, {}, nullptr);
-    cudaEventRecord(stop, nullptr);
-    cudaEventSynchronize(stop);
-    float ms = 0.0f;
-    cudaEventElapsedTime(&ms, start, stop);
-    if (!run.is_ok()) {
-      state.SkipWithError(run.to_string().c_str());
-      break;
-    }
-    total_ms += ms;
-    state.SetIterationTime(ms * 1e-3);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  const double iterations = static_cast<double>(state.iterations());
-  if (iterations == 0.0) return;
   const tq::layout::PageLayout& l = s->layout;
   const double bytes = static_cast<double>(batch) * static_cast<double>(context) * kKvHeads *
                            static_cast<double>(l.key_row_bytes + l.key_scale_bytes) +
                        static_cast<double>(score_bytes);
-  const double mean_s = total_ms * 1e-3 / iterations;
-  const double copy = copy_bandwidth();
-  state.counters["ms"] = total_ms / iterations;
-  state.counters["bytes"] = bytes;
-  state.counters["GB/s"] = bytes / mean_s / kGiga;
-  state.counters["pct_copy_bw"] = copy > 0.0 ? 100.0 * (bytes / mean_s) / copy : 0.0;
+  const bool timed = time_over_caches(state, s->pools, bytes, [&](const void* pages) {
+    a.cache.pages = pages;
+    return tq::cuda::scores(a, {}, nullptr);
+  });
+  if (!timed) return;
   state.SetLabel("K" + std::to_string(kb) + " scores, batch " + std::to_string(batch) + " x context " +
                  std::to_string(context));
 }
