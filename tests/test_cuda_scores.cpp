@@ -8,6 +8,8 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include "cuda_test_util.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -24,6 +26,11 @@
 
 namespace {
 
+using turboquant::testing::DeviceBuffer;
+using turboquant::testing::has_device;
+using turboquant::testing::to_device;
+using turboquant::testing::under_sanitizer;
+
 using turboquant::DType;
 using turboquant::Format;
 using turboquant::Status;
@@ -33,49 +40,8 @@ namespace tqcuda = turboquant::cuda;
 
 constexpr uint8_t kPoisonByte = 0xFF;  // 0xFFFFFFFF is a NaN in fp32
 
-bool has_device() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-bool under_sanitizer() { return std::getenv("TQ_SANITIZER") != nullptr; }
 int32_t long_len() { return under_sanitizer() ? 150 : 1000; }
 
-#define TQ_REQUIRE_DEVICE() \
-  if (!has_device()) GTEST_SKIP() << "no CUDA device"
-
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    if (bytes > 0 && cudaMalloc(&ptr_, bytes) != cudaSuccess) ptr_ = nullptr;
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr; o.bytes_ = 0; }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    std::swap(ptr_, o.ptr_);
-    std::swap(bytes_, o.bytes_);
-    return *this;
-  }
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-  [[nodiscard]] void* get() const { return ptr_; }
-  template <typename T>
-  [[nodiscard]] T* as() const { return static_cast<T*>(ptr_); }
-  [[nodiscard]] size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-template <typename T>
-DeviceBuffer to_device(const std::vector<T>& v) {
-  DeviceBuffer b(std::max<size_t>(v.size() * sizeof(T), 16));
-  if (b.get() != nullptr && !v.empty()) cudaMemcpy(b.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice);
-  return b;
-}
 
 struct Spec {
   int32_t head_dim = 128;
