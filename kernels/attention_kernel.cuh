@@ -101,11 +101,33 @@ inline constexpr int kQElementBytes = 2;
 
 inline constexpr int kMergeThreads = 128;
 
-// Lane copies of the pair tables. A 32-bit shared load of a warp is one pass over the 32 banks:
-// one copy per lane keeps any mix of entries conflict-free. A 64-bit load is served per half-warp:
-// one copy per lane of a half-warp suffices.
-inline constexpr int kValueTableCopies = kWarpSize;
-inline constexpr int kKeyTableCopies = kWarpSize / 2;
+// ---- code tables -------------------------------------------------------------------------------
+// One shared-memory region maps a lookup unit of codes to their levels, for both sides: entry e at
+// byte e * kEntryBytes, the K side in its first kSideBytes, the V side in the rest. A unit is one
+// byte of codes at 4 bits (two codes -> one half2) and at 2 bits (four codes -> two half2), six bits
+// at 3 bits (two codes -> one half2). Each side's entry holds one copy per lane of a wavefront (32
+// copies of 4 bytes, or 16 copies of 8 bytes: a 64-bit load is served per half-warp), so a lookup
+// is conflict-free whatever the codes. Entry stride 256 bytes: for byte units the whole address,
+// unit << 8 | lane offset, is ONE byte permute of the code word and the lane's offset register.
+inline constexpr int kEntryBytes = 256;
+inline constexpr int kSideBytes = kEntryBytes / 2;
+
+template <int Bits>
+struct CodeUnit {
+  static constexpr int kBits = Bits == 3 ? 6 : 8;          // code bits per unit
+  static constexpr int kEntries = 1 << kBits;
+  static constexpr int kPairs = kBits / Bits / 2;           // half2 (two codes) per entry: 1 or 2
+  static constexpr int kCopyBytes = kPairs * 4;             // one lane's copy of an entry
+  static constexpr int kCopies = kSideBytes / kCopyBytes;   // 32 or 16
+  static constexpr bool kByteUnits = kBits == 8;
+  static_assert(Bits >= 2 && Bits <= 4, "coded sides of the attention kernel: 2, 3 or 4 bits");
+};
+
+// The byte offset of lane `lane`'s copy inside side `value_side` of an entry (< 256).
+template <int Bits>
+__device__ __forceinline__ uint32_t lane_copy_offset(int lane, bool value_side) {
+  return (value_side ? kSideBytes : 0u) + static_cast<uint32_t>(lane % CodeUnit<Bits>::kCopies) * CodeUnit<Bits>::kCopyBytes;
+}
 
 [[nodiscard]] TQ_HOST_DEVICE constexpr int lowest_bit(int x) { return x & -x; }
 [[nodiscard]] TQ_HOST_DEVICE constexpr int min_int(int a, int b) { return a < b ? a : b; }
@@ -127,6 +149,8 @@ inline constexpr int kKeyTableCopies = kWarpSize / 2;
 template <int HeadDim, int KeyBits, int ValueBits>
 struct Shape {
   static_assert(HeadDim % kMmaK == 0, "head_dim must be a multiple of 16");
+  static constexpr int kKeyBits = KeyBits;
+  static constexpr int kValueBits = ValueBits;
   static constexpr int kKSteps = HeadDim / kMmaK;  // Q.K^T mmas per n-tile
   static constexpr int kMTiles = HeadDim / kMmaM;  // P.V mmas per chunk
 
@@ -138,6 +162,7 @@ struct Shape {
       min_int(min_int(lowest_bit(kKeyRowBytes), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
   static constexpr int kKeyWords = words_for(kKeySegmentBytes);
   static constexpr int kKeyPairBits = kPair * KeyBits;
+  static constexpr int kKeyPairsPerUnit = CodeUnit<KeyBits>::kPairs;
   static constexpr int kCoordsPerKStep = 2 * kPair;  // of a lane's quarter: b0 and b1, a pair each
 
   static constexpr int kValueRowBytes = HeadDim * ValueBits / kBitsPerByte;
@@ -147,6 +172,7 @@ struct Shape {
       min_int(min_int(lowest_bit(kValueRowBytes), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
   static constexpr int kValueWords = words_for(kValueSegmentBytes);
   static constexpr int kValuePairBits = kPair * ValueBits;
+  static constexpr int kValuePairsPerUnit = CodeUnit<ValueBits>::kPairs;
 
   static_assert(kKeyRowBytes % kQuads == 0 && kValueRowBytes % kGroups == 0,
                 "a lane's segment of a row must be whole bytes");
@@ -156,11 +182,14 @@ struct Shape {
   // Shared memory: the two pair tables, the query tile (hi and lo), the per-head logit factors;
   // after the main loop the same bytes hold the warps' partials (rows padded by one float to
   // spread the banks).
-  static constexpr int kKeyTableEntries = (1 << kKeyPairBits) * kKeyTableCopies;      // uint2 {hi, lo}
-  static constexpr int kValueTableWords = (1 << kValuePairBits) * kValueTableCopies;  // half2
+  static constexpr int kTableEntries =
+      CodeUnit<KeyBits>::kEntries > CodeUnit<ValueBits>::kEntries ? CodeUnit<KeyBits>::kEntries : CodeUnit<ValueBits>::kEntries;
+  static constexpr size_t kTableBytes = size_t{kTableEntries} * kEntryBytes;
   static constexpr int kQueryHalves = kHeads * HeadDim;
-  static constexpr size_t kMainBytes = sizeof(uint2) * kKeyTableEntries + sizeof(uint32_t) * kValueTableWords +
-                                       2 * sizeof(__half) * kQueryHalves + sizeof(float) * kHeads;
+  // The query A fragments of every k-step, one 16-byte entry per lane: [kKSteps][32] uint4.
+  static constexpr size_t kQueryFragmentBytes = sizeof(uint4) * kKSteps * kWarpSize;
+  static constexpr size_t kMainBytes =
+      kTableBytes + kQueryFragmentBytes + 2 * sizeof(__half) * kQueryHalves + sizeof(float) * kHeads;
   static constexpr int kMergeRowStride = HeadDim + 1;
   static constexpr size_t kMergeOutFloats = size_t{kAttentionWarps} * kHeads * kMergeRowStride;
   static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kAttentionWarps * kHeads;
@@ -172,6 +201,14 @@ struct Shape {
 __device__ __forceinline__ uint32_t half2_bits(float low, float high) {
   const __half2 h = __floats2half2_rn(low, high);
   return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// 2^x with the hardware approximation (flush-to-zero: results below 2^-126 are 0, as every weight
+// that small is negligible next to the row maximum's 1).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -336,64 +373,104 @@ struct ChunkRegs {
   bool page_ok;                       // the block-table entry is inside the pool
 };
 
+// A lane's byte offsets inside one page, the same for every chunk of the CTA (32-bit: a page is far
+// below 2 GiB): its first key segment (n-tile 0; n-tile 1 is 8 rows further), its first value
+// segment (token 2 quad; the others are 1, 8 and 9 rows further) and the two scale planes.
+struct LaneOffsets {
+  uint32_t key;
+  uint32_t value;
+  uint32_t key_scales;
+  uint32_t value_scales;
+};
+
 template <class S>
-__device__ __forceinline__ void load_chunk_regs(const AttentionParams& p, int seq, int kv, int chunk,
-                                                int group, int quad, ChunkRegs<S>& r) {
-  const int token0 = chunk * kChunkTokens;
-  const int slot = token0 / p.page_size;
-  const int row0 = token0 - slot * p.page_size;  // a multiple of 16: the chunk stays in its page
-  int page = __ldg(p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq + slot);
+__device__ __forceinline__ LaneOffsets lane_offsets(const AttentionParams& p, int kv, int group, int quad) {
+  const auto head = static_cast<uint32_t>(kv * p.head_bytes);
+  LaneOffsets o;
+  o.key = head + static_cast<uint32_t>(p.key_codes_offset) + group * S::kKeyRowBytes + quad * S::kKeySegmentBytes;
+  o.value = head + static_cast<uint32_t>(p.value_codes_offset) + kPair * quad * S::kValueRowBytes +
+            group * S::kValueSegmentBytes;
+  o.key_scales = head + static_cast<uint32_t>(p.key_scales_offset);
+  o.value_scales = head + static_cast<uint32_t>(p.value_scales_offset);
+  return o;
+}
+
+template <class S>
+__device__ __forceinline__ void load_chunk_regs(const AttentionParams& p, const int32_t* block_row,
+                                                const LaneOffsets& o, int chunk, int quad, ChunkRegs<S>& r) {
+  // The chunk's page slot and first row (a multiple of 16: the chunk stays in its page); a shift
+  // when the page holds a power of two of chunks (every usual page size).
+  const int chunks_per_page = p.page_size / kChunkTokens;
+  const int slot = p.page_chunks_log2 >= 0 ? chunk >> p.page_chunks_log2 : chunk / chunks_per_page;
+  const int row0 = (chunk - slot * chunks_per_page) * kChunkTokens;
+  int page = __ldg(block_row + slot);
   r.page_ok = page >= 0 && page < p.num_pages;
   if (!r.page_ok) page = 0;  // read something harmless; every token of the chunk is masked
-  const uint8_t* head = p.pages + page * p.page_bytes + kv * p.head_bytes;
-  const uint8_t* key_rows = head + p.key_codes_offset + static_cast<int64_t>(row0) * S::kKeyRowBytes;
+  const uint8_t* base = p.pages + static_cast<int64_t>(page) * p.page_bytes;
+  const uint8_t* key_rows = base + (o.key + static_cast<uint32_t>(row0 * S::kKeyRowBytes));
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt)
-    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(
-        key_rows + (nt * kMmaN + group) * S::kKeyRowBytes + quad * S::kKeySegmentBytes, r.key[nt]);
-  const uint8_t* value_rows = head + p.value_codes_offset + static_cast<int64_t>(row0) * S::kValueRowBytes;
+    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(key_rows + nt * kMmaN * S::kKeyRowBytes, r.key[nt]);
+  const uint8_t* value_rows = base + (o.value + static_cast<uint32_t>(row0 * S::kValueRowBytes));
 #pragma unroll
   for (int i = 0; i < kLaneTokens; ++i) {
-    const int row = (i / kPair) * kMmaN + kPair * quad + i % kPair;
-    load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(
-        value_rows + row * S::kValueRowBytes + group * S::kValueSegmentBytes, r.value[i]);
+    const int row = (i / kPair) * kMmaN + i % kPair;  // after the lane's first token 2 quad
+    load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(value_rows + row * S::kValueRowBytes, r.value[i]);
   }
-  load_scales(head + p.key_scales_offset, row0, p.key_norm, quad, r.key_scale);
-  load_scales(head + p.value_scales_offset, row0, p.value_norm, quad, r.value_scale);
+  load_scales(base + o.key_scales, row0, p.key_norm, quad, r.key_scale);
+  load_scales(base + o.value_scales, row0, p.value_norm, quad, r.value_scale);
 }
 
-// Value pair table: entry e (codes e & mask, e >> Bits) of lane l at word e * 32 + l, the half2
-// of the two levels.
+// Fills side `value_side` of every entry of the code table (see CodeUnit): entry e's codes (LSB
+// first, Bits each) -> the half2 of scale * level of consecutive codes, one copy per lane (16-byte
+// stores of 128 bytes per entry side).
 template <int Bits>
-__device__ __forceinline__ void build_value_table(uint32_t* table, const float* levels) {
-  constexpr int kEntries = 1 << (kPair * Bits);
+__device__ __forceinline__ void build_code_table(uint8_t* table, bool value_side, const float* levels, float scale) {
+  using U = CodeUnit<Bits>;
   constexpr uint32_t kMask = (1u << Bits) - 1u;
-  constexpr int kCopiesPerStore = sizeof(uint4) / sizeof(uint32_t);
-  constexpr int kStoresPerEntry = kValueTableCopies / kCopiesPerStore;
-  for (int i = threadIdx.x; i < kEntries * kStoresPerEntry; i += kThreads) {
-    const int e = i / kStoresPerEntry, s = i % kStoresPerEntry;
-    const uint32_t w = half2_bits(levels[e & kMask], levels[static_cast<uint32_t>(e) >> Bits]);
-    reinterpret_cast<uint4*>(table + e * kValueTableCopies)[s] = make_uint4(w, w, w, w);
+  constexpr int kStoresPerSide = kSideBytes / static_cast<int>(sizeof(uint4));
+  for (int i = threadIdx.x; i < U::kEntries * kStoresPerSide; i += kThreads) {
+    const int e = i / kStoresPerSide, part = i % kStoresPerSide;
+    uint32_t w[2] = {0u, 0u};
+#pragma unroll
+    for (int j = 0; j < U::kPairs; ++j) {
+      const uint32_t low = (static_cast<uint32_t>(e) >> (2 * j * Bits)) & kMask;
+      const uint32_t high = (static_cast<uint32_t>(e) >> ((2 * j + 1) * Bits)) & kMask;
+      w[j] = half2_bits(scale * levels[low], scale * levels[high]);
+    }
+    const uint4 v = U::kPairs == 1 ? make_uint4(w[0], w[0], w[0], w[0]) : make_uint4(w[0], w[1], w[0], w[1]);
+    reinterpret_cast<uint4*>(table + e * kEntryBytes + (value_side ? kSideBytes : 0))[part] = v;
   }
 }
 
-// Key pair table: entry e of lane l (of a half-warp) at e * 16 + l % 16, {hi, lo} half2 of the two
-// levels with level = hi + lo (lo = the fp16 rounding of level - hi).
-template <int Bits>
-__device__ __forceinline__ void build_key_table(uint2* table, const float* levels) {
-  constexpr int kEntries = 1 << (kPair * Bits);
-  constexpr uint32_t kMask = (1u << Bits) - 1u;
-  constexpr int kCopiesPerStore = sizeof(uint4) / sizeof(uint2);
-  constexpr int kStoresPerEntry = kKeyTableCopies / kCopiesPerStore;
-  for (int i = threadIdx.x; i < kEntries * kStoresPerEntry; i += kThreads) {
-    const int e = i / kStoresPerEntry, s = i % kStoresPerEntry;
-    const float low = levels[e & kMask], high = levels[static_cast<uint32_t>(e) >> Bits];
-    const __half2 h = __floats2half2_rn(low, high);
-    const float2 back = __half22float2(h);
-    const uint32_t hi = *reinterpret_cast<const uint32_t*>(&h);
-    const uint32_t lo = half2_bits(low - back.x, high - back.y);
-    reinterpret_cast<uint4*>(table + e * kKeyTableCopies)[s] = make_uint4(hi, lo, hi, lo);
+// Byte offset in the code table of unit `u` (of the side and lane folded into `lane_offset`) of a
+// little-endian code word stream: for byte units one byte permute (unit byte -> bits 8-15, the lane
+// offset -> bits 0-7), else an extract and a shift-or.
+template <int Bits, int Words>
+__device__ __forceinline__ uint32_t unit_offset(const uint32_t (&w)[Words], int u, uint32_t lane_offset) {
+  if constexpr (CodeUnit<Bits>::kByteUnits) {
+    const int word = u / kBytesPerWord, byte = u % kBytesPerWord;
+    return __byte_perm(w[word], lane_offset, 0x7604u | (static_cast<uint32_t>(byte) << 4));
+  } else {
+    return (code_pair<CodeUnit<Bits>::kBits>(w, u) << 8) | lane_offset;
   }
+}
+
+// The half2 of code pair `pair` (codes 2 pair, 2 pair + 1 of the stream) through the code table.
+template <int Bits, int Words>
+__device__ __forceinline__ uint32_t pair_levels(const uint8_t* table, const uint32_t (&w)[Words], int pair,
+                                                uint32_t lane_offset) {
+  constexpr int kPairs = CodeUnit<Bits>::kPairs;
+  const uint32_t at = unit_offset<Bits>(w, pair / kPairs, lane_offset) + static_cast<uint32_t>(pair % kPairs) * 4u;
+  return *reinterpret_cast<const uint32_t*>(table + at);
+}
+
+// Both half2 of a two-pair unit (2-bit codes: four codes per byte) in one 64-bit load.
+template <int Bits, int Words>
+__device__ __forceinline__ uint2 unit_levels(const uint8_t* table, const uint32_t (&w)[Words], int u,
+                                             uint32_t lane_offset) {
+  static_assert(CodeUnit<Bits>::kPairs == 2, "two-pair units only");
+  return *reinterpret_cast<const uint2*>(table + unit_offset<Bits>(w, u, lane_offset));
 }
 
 // Rotates the queries of local heads [0, heads) (the rest are zero), normalises each by its largest
@@ -453,28 +530,38 @@ __device__ __forceinline__ void rotate_queries(const AttentionParams& p, int seq
     *reinterpret_cast<uint4*>(q_hi + at) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
     *reinterpret_cast<uint4*>(q_lo + at) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
   }
-  if (l == 0) factor[v] = largest * p.softmax_scale;
+  if (l == 0) factor[v] = largest * p.softmax_scale / p.key_level_scale;  // the key table holds scaled levels
 }
 
 // One chunk of one warp: scores, online softmax, value accumulation.
 template <class S>
 __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, int token0,
                                              int first, int len, int quad, float factor,
-                                             const uint32_t (&qf)[S::kKSteps][kARegs], const uint2* key_table,
-                                             const uint32_t* value_table, float& m_run, float& l_run,
+                                             const uint4* qfrag, const uint8_t* table,
+                                             uint32_t key_offset, uint32_t value_offset, float& m_run, float& l_run,
                                              float (&acc)[S::kMTiles][kAccRegs]) {
   // S = Q K^T for tokens 8 nt + [0, 8): s[nt][e] + s[nt][2 + e] = score of head `group`, token 8 nt + 2 quad + e
-  // (levels hi and lo accumulate into the same registers).
+  // (rows 0-7 of A are the queries' hi parts, rows 8-15 their lo parts). B = the key levels of code
+  // pairs 2 kk and 2 kk + 1 of the lane's quarter row, times the table's key scale (host-chosen so
+  // that the fp16 levels are as exact as possible).
   float s[kNTiles][kAccRegs] = {};
 #pragma unroll
-  for (int kk = 0; kk < S::kKSteps; ++kk)
+  for (int kk = 0; kk < S::kKSteps; ++kk) {
+    const uint4 q = qfrag[kk * kWarpSize];  // this lane's A fragment of k-step kk
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
-      const uint2 b0 = key_table[code_pair<S::kKeyPairBits>(r.key[nt], kPair * kk) * kKeyTableCopies];
-      const uint2 b1 = key_table[code_pair<S::kKeyPairBits>(r.key[nt], kPair * kk + 1) * kKeyTableCopies];
-      mma_m16n8k16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b0.x, b1.x);
-      mma_m16n8k16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b0.y, b1.y);
+      uint32_t b0, b1;
+      if constexpr (S::kKeyPairsPerUnit == 2) {
+        const uint2 v = unit_levels<S::kKeyBits>(table, r.key[nt], kk, key_offset);
+        b0 = v.x;
+        b1 = v.y;
+      } else {
+        b0 = pair_levels<S::kKeyBits>(table, r.key[nt], kPair * kk, key_offset);
+        b1 = pair_levels<S::kKeyBits>(table, r.key[nt], kPair * kk + 1, key_offset);
+      }
+      mma_m16n8k16(s[nt], q.x, q.y, q.z, q.w, b0, b1);
     }
+  }
   // Logits in log2 units; i = 2 nt + e.
   float x[kLaneTokens];
   bool valid[kLaneTokens];
@@ -492,11 +579,11 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   for (int d = 1; d < kQuads; d <<= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullWarpMask, chunk_max, d));
   const float m_new = fmaxf(m_run, chunk_max);
   const float m_use = m_new == kNegInf ? 0.0f : m_new;  // nothing attended yet: keep exp2 finite
-  const float alpha = exp2f(m_run - m_use);
+  const float alpha = fast_exp2(m_run - m_use);
   float prob[kLaneTokens], sum = 0.0f;
 #pragma unroll
   for (int i = 0; i < kLaneTokens; ++i) {
-    prob[i] = exp2f(x[i] - m_use);
+    prob[i] = fast_exp2(x[i] - m_use);
     sum += prob[i];
   }
   l_run = l_run * alpha + sum;
@@ -519,14 +606,21 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   for (int i = 0; i < kLaneTokens; ++i) weight[i] = valid[i] ? prob[i] * scale_at(r.value_scale, p.value_norm, i) : 0.0f;
   const uint32_t b0 = half2_bits(weight[0], weight[1]);
   const uint32_t b1 = half2_bits(weight[2], weight[3]);
+  uint2 unit[kLaneTokens];  // two-pair value units (2 bits): m-tiles 2 j and 2 j + 1
 #pragma unroll
   for (int mt = 0; mt < S::kMTiles; ++mt) {
-    const uint32_t v0 = value_table[code_pair<S::kValuePairBits>(r.value[0], mt) * kValueTableCopies];
-    const uint32_t v1 = value_table[code_pair<S::kValuePairBits>(r.value[1], mt) * kValueTableCopies];
-    const uint32_t v2 = value_table[code_pair<S::kValuePairBits>(r.value[2], mt) * kValueTableCopies];
-    const uint32_t v3 = value_table[code_pair<S::kValuePairBits>(r.value[3], mt) * kValueTableCopies];
-    mma_m16n8k16(acc[mt], __byte_perm(v0, v1, kPermLowHalves), __byte_perm(v0, v1, kPermHighHalves),
-                 __byte_perm(v2, v3, kPermLowHalves), __byte_perm(v2, v3, kPermHighHalves), b0, b1);
+    uint32_t v[kLaneTokens];
+#pragma unroll
+    for (int i = 0; i < kLaneTokens; ++i) {
+      if constexpr (S::kValuePairsPerUnit == 2) {
+        if (mt % 2 == 0) unit[i] = unit_levels<S::kValueBits>(table, r.value[i], mt / 2, value_offset);
+        v[i] = mt % 2 == 0 ? unit[i].x : unit[i].y;
+      } else {
+        v[i] = pair_levels<S::kValueBits>(table, r.value[i], mt, value_offset);
+      }
+    }
+    mma_m16n8k16(acc[mt], __byte_perm(v[0], v[1], kPermLowHalves), __byte_perm(v[0], v[1], kPermHighHalves),
+                 __byte_perm(v[2], v[3], kPermLowHalves), __byte_perm(v[2], v[3], kPermHighHalves), b0, b1);
   }
 }
 
@@ -615,17 +709,17 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     decode_attention_split_kernel(const __grid_constant__ AttentionParams p) {
   using S = Shape<HeadDim, KeyBits, ValueBits>;
   extern __shared__ __align__(kMaxLoadBytes) uint8_t smem[];
-  auto* key_table = reinterpret_cast<uint2*>(smem);
-  auto* value_table = reinterpret_cast<uint32_t*>(key_table + S::kKeyTableEntries);
-  auto* q_hi = reinterpret_cast<__half*>(value_table + S::kValueTableWords);
+  uint8_t* table = smem;
+  auto* qfrag = reinterpret_cast<uint4*>(smem + S::kTableBytes);
+  auto* q_hi = reinterpret_cast<__half*>(smem + S::kTableBytes + S::kQueryFragmentBytes);
   __half* q_lo = q_hi + S::kQueryHalves;
   auto* factor_s = reinterpret_cast<float*>(q_lo + S::kQueryHalves);
   auto* merge_out = reinterpret_cast<float*>(smem);                             // after the main loop
   auto* merge_max_sum = reinterpret_cast<float2*>(merge_out + S::kMergeOutFloats);
 
-  // The pair tables depend on the parameters only: built while the previous kernel drains.
-  build_key_table<KeyBits>(key_table, p.key_levels);
-  build_value_table<ValueBits>(value_table, p.value_levels);
+  // The code table depends on the parameters only: built while the previous kernel drains.
+  build_code_table<KeyBits>(table, false, p.key_levels, p.key_level_scale);
+  build_code_table<ValueBits>(table, true, p.value_levels, 1.0f);
   wait_for_prior_grids();
 
   const int split = blockIdx.x;
@@ -668,39 +762,36 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   rotate_queries<HeadDim, QType>(p, seq, kv * p.group + head0, heads, q_hi, q_lo, factor_s);
   __syncthreads();
 
-  // Query A fragments of k-step kk: {hi(c, c+1), lo(c, c+1), hi(c+2, c+3), lo(c+2, c+3)} of head
-  // `group`, c = quad * d/4 + 4 kk (rows 0-7 hi, rows 8-15 lo).
-  uint32_t qf[S::kKSteps][kARegs];
-  {
-    const __half* hi = q_hi + group * HeadDim + quad * S::kKeySegmentCoords;
-    const __half* lo = q_lo + group * HeadDim + quad * S::kKeySegmentCoords;
-#pragma unroll
-    for (int kk = 0; kk < S::kKSteps; ++kk) {
-      const uint2 h = *reinterpret_cast<const uint2*>(hi + S::kCoordsPerKStep * kk);
-      const uint2 l = *reinterpret_cast<const uint2*>(lo + S::kCoordsPerKStep * kk);
-      qf[kk][0] = h.x;
-      qf[kk][1] = l.x;
-      qf[kk][2] = h.y;
-      qf[kk][3] = l.y;
-    }
+  // Query A fragments of k-step kk for lane (group, quad): {hi(c, c+1), lo(c, c+1), hi(c+2, c+3),
+  // lo(c+2, c+3)} of head `group`, c = quad * d/4 + 4 kk (rows 0-7 hi, rows 8-15 lo); the same for
+  // every warp, so stored once: entry kk * 32 + lane (one conflict-free 16-byte load per k-step).
+  for (int i = threadIdx.x; i < S::kKSteps * kWarpSize; i += kThreads) {
+    const int kk = i / kWarpSize, l = i % kWarpSize;
+    const int at = (l / kQuads) * HeadDim + (l % kQuads) * S::kKeySegmentCoords + S::kCoordsPerKStep * kk;
+    const uint2 h = *reinterpret_cast<const uint2*>(q_hi + at);
+    const uint2 lo = *reinterpret_cast<const uint2*>(q_lo + at);
+    qfrag[i] = make_uint4(h.x, lo.x, h.y, lo.y);
   }
+  __syncthreads();
   const float factor = factor_s[group];
-  const uint2* key_lane = key_table + lane % kKeyTableCopies;
-  const uint32_t* value_lane = value_table + lane % kValueTableCopies;
+  const uint32_t key_offset = lane_copy_offset<KeyBits>(lane, false);
+  const uint32_t value_offset = lane_copy_offset<ValueBits>(lane, true);
 
   float acc[S::kMTiles][kAccRegs];
 #pragma unroll
   for (int mt = 0; mt < S::kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
   float m_run = kNegInf, l_run = 0.0f;
 
+  const LaneOffsets offsets = lane_offsets<S>(p, kv, group, quad);
+  const int32_t* block_row = p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq;
   ChunkRegs<S> cur{}, next{};
   int chunk = begin + warp;
-  if (chunk < end) load_chunk_regs<S>(p, seq, kv, chunk, group, quad, cur);
+  if (chunk < end) load_chunk_regs<S>(p, block_row, offsets, chunk, quad, cur);
   for (; chunk < end; chunk += kAttentionWarps) {
     const int ahead = chunk + prefetch_step;  // == chunk when off: never prefetched
     const int ahead_page = (prefetch_step > 0 && lane < kPrefetchRegions && ahead < end) ? prefetch_page(p, seq, ahead) : -1;
-    if (chunk + kAttentionWarps < end) load_chunk_regs<S>(p, seq, kv, chunk + kAttentionWarps, group, quad, next);
-    attend_chunk<S>(p, cur, chunk * kChunkTokens, first, len, quad, factor, qf, key_lane, value_lane, m_run,
+    if (chunk + kAttentionWarps < end) load_chunk_regs<S>(p, block_row, offsets, chunk + kAttentionWarps, quad, next);
+    attend_chunk<S>(p, cur, chunk * kChunkTokens, first, len, quad, factor, qfrag + lane, table, key_offset, value_offset, m_run,
                     l_run, acc);
     if (ahead_page >= 0) prefetch_chunk_l2<S>(p, ahead_page, kv, ahead, lane);
     cur = next;

@@ -19,11 +19,11 @@ namespace turboquant::cuda::detail {
 // split into ceil(group / kAttentionHeadsPerCta) head tiles, each a row of CTAs.
 inline constexpr int kAttentionHeadsPerCta = 8;
 // Warps of a split CTA; each walks every kAttentionWarps-th chunk of the CTA's token range.
-inline constexpr int kAttentionWarps = 4;
+inline constexpr int kAttentionWarps = 8;
 // Split CTAs resident per SM that the split kernel is built for (its __launch_bounds__ minimum;
-// registers and shared memory allow this many): 3 up to head_dim 128, 2 at 256, whose accumulators
+// registers and shared memory allow this many): 2 up to head_dim 128 (16 warps, <= 128 registers), 1 at 256, whose accumulators
 // and query fragments take twice the registers. The split heuristic plans whole waves with it.
-[[nodiscard]] constexpr int attention_ctas_per_sm(int head_dim) noexcept { return head_dim <= 128 ? 3 : 2; }
+[[nodiscard]] constexpr int attention_ctas_per_sm(int head_dim) noexcept { return head_dim <= 128 ? 2 : 1; }
 
 struct AttentionParams {
   // Queries: element (s, h, j) at q[s * q_stride0 + h * q_stride1 + j], dtype = the instance's QType.
@@ -42,6 +42,7 @@ struct AttentionParams {
   int64_t value_codes_offset = 0;      // bytes to its V codes [page_size][value row bytes]
   int64_t value_scales_offset = 0;     // bytes to its V scales [page_size] fp16 | fp32
   int32_t page_size = 0;               // tokens per page, a multiple of kAttentionChunkTokens
+  int32_t page_chunks_log2 = -1;       // log2(page_size / kAttentionChunkTokens) when a power of two, else -1
   NormStorage key_norm = NormStorage::kF16;    // storage of the K scales
   NormStorage value_norm = NormStorage::kF16;  // storage of the V scales
 
@@ -77,10 +78,18 @@ struct AttentionParams {
 
   // Codecs.
   float key_levels[kMaxLevels] = {};   // K codebook levels (2^key_bits used)
+  float key_level_scale = 1.0f;        // the kernel's key table holds fp16(key_level_scale * level): a factor
+                                       // in [1, 2) that makes the fp16 roundings of the levels small
   float value_levels[kMaxLevels] = {}; // V codebook levels (2^value_bits used)
   SignBits key_signs{};                // RHT diagonal of the keys (rotates the queries)
   SignBits value_signs{};              // RHT diagonal of the values (un-rotates the output)
 };
+
+// The factor a in [1, 2) (steps of 1/2048) that minimises the largest relative error of the fp16
+// roundings of a * levels[i] over the nonzero levels: the key table of the kernel holds those fp16
+// values (a plain fp16 rounding errs by up to 2^-12 relative; the best factor for the shipped 4-bit
+// codebook by ~8.5e-5). Cached per thread for the last few codebooks (src/attention.cpp).
+[[nodiscard]] float fp16_level_scale(const float* levels, int32_t count) noexcept;
 
 // One instance per (HeadDim, KeyBits, ValueBits) of kernels/attention_instances.inc and QType in
 // {f16, bf16} (kernels/attention_d<HeadDim>.cu); each enqueues the split kernel and the merge

@@ -3,9 +3,11 @@
 // kernels/attention_instances.inc.
 #include "turboquant/cuda/attention.hpp"
 
+#include <climits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "attention_params.hpp"
@@ -209,6 +211,9 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexc
                        kMaxAttentionSplits, "] (0 = heuristic)");
   if (a.sm_count <= 0)
     return make_status(StatusCode::kInvalidArgument, "sm_count = ", a.sm_count, ": must be > 0");
+  if (l.page_bytes > INT32_MAX)
+    return make_status(StatusCode::kUnsupportedFormat, "cache.layout.page_bytes = ", l.page_bytes,
+                       ": pages of at most 2^31 - 1 bytes are supported (32-bit offsets inside a page)");
 
   if (!basic_shape(a, sh)) return make_status(StatusCode::kInvalidArgument, "inconsistent shapes");
   if (int64_t{sh->kv_heads} * sh->head_tiles > kMaxGridYZ)
@@ -218,6 +223,51 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexc
 }
 
 }  // namespace
+
+namespace detail {
+
+float fp16_level_scale(const float* levels, int32_t count) noexcept {
+  struct Cached {
+    float levels[kMaxLevels];
+    int32_t count;
+    float scale;
+  };
+  constexpr int kCached = 4;
+  thread_local Cached cache[kCached] = {};
+  thread_local int next = 0;
+  for (const Cached& c : cache)
+    if (c.count == count && std::memcmp(c.levels, levels, sizeof(float) * static_cast<size_t>(count)) == 0)
+      return c.scale;
+  auto worst = [&](float a) noexcept {
+    double e = 0.0;
+    for (int32_t i = 0; i < count; ++i) {
+      const float x = a * levels[i];
+      if (x == 0.0f) continue;
+      const float h = half_bits_to_float(float_to_half_bits(x));
+      e = std::fmax(e, std::fabs(static_cast<double>(h) / static_cast<double>(x) - 1.0));
+    }
+    return e;
+  };
+  constexpr int kSteps = 2048;
+  float best = 1.0f;
+  double best_error = worst(1.0f);
+  for (int i = 1; i < kSteps; ++i) {
+    const float a = 1.0f + static_cast<float>(i) / kSteps;
+    const double e = worst(a);
+    if (e < best_error) {
+      best_error = e;
+      best = a;
+    }
+  }
+  Cached& c = cache[next];
+  next = (next + 1) % kCached;
+  std::memcpy(c.levels, levels, sizeof(float) * static_cast<size_t>(count));
+  c.count = count;
+  c.scale = best;
+  return best;
+}
+
+}  // namespace detail
 
 Status can_implement(const DecodeAttentionArgs& args) noexcept {
   Shape sh;
@@ -266,6 +316,12 @@ Status decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaS
   p.value_codes_offset = l.value_codes_offset;
   p.value_scales_offset = l.value_scales_offset;
   p.page_size = l.page_size;
+  {
+    const int32_t chunks = l.page_size / kAttentionChunkTokens;
+    int32_t log2 = 0;
+    while ((int32_t{1} << log2) < chunks) ++log2;
+    p.page_chunks_log2 = (int32_t{1} << log2) == chunks ? log2 : -1;
+  }
   p.key_norm = f.key.norm;
   p.value_norm = f.value.norm;
   p.block_table = a.cache.block_table;
@@ -293,6 +349,7 @@ Status decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaS
     p.key_levels[i] = f.key.codebook.levels[i];
     p.value_levels[i] = f.value.codebook.levels[i];
   }
+  p.key_level_scale = detail::fp16_level_scale(p.key_levels, int32_t{1} << f.key.bits);
   p.key_signs = f.key.signs;
   p.value_signs = f.value.signs;
 
