@@ -7,18 +7,19 @@
 // Split kernel, grid (num_splits, kv_heads * head_tiles, num_seqs), kAttentionWarps warps:
 //   1. the CTA's range: the attended tokens [first, len) of its sequence, in 16-token chunks,
 //      divided evenly over the splits; an empty range writes (max, sum) = (-inf, 0) and returns;
-//   2. shared-memory tables mapping a pair of codes (2 * bits bits) to their two levels: for V a
-//      half2, one copy per lane (entry e of lane l at word e * 32 + l: a 32-bit load is conflict-free
-//      for any codes); for K a hi + lo pair of half2 (level = hi + lo to ~22 bits: fp16 levels
-//      alone put errors of 2^-12 * |logit| into the logits), one copy per lane of a half-warp (a
-//      64-bit load is served per half-warp);
+//   2. one shared-memory code table (CodeUnit below): a byte of codes (4 and 2 bits) or six bits
+//      (3 bits) -> the half2 level pair(s), K side and V side in each 256-byte entry, one copy per
+//      lane, so a lookup is one byte permute (the address) and one conflict-free LDS; the K levels
+//      are stored as fp16(a * level) with a host-chosen a in [1, 2) that keeps the roundings small
+//      (params.key_level_scale, folded back into the logit factor);
 //   3. the queries of the head tile (up to 8 heads of one GQA group) rotated with the keys' RHT in
-//      fp32 (device/rht.cuh), normalised by their largest coordinate and split into fp16 hi + lo;
+//      fp32 (device/rht.cuh), normalised by their largest coordinate and split into fp16 hi + lo,
+//      stored once as every lane's A fragments (one 16-byte load per k-step);
 //   4. each warp walks every kAttentionWarps-th chunk, prefetching the next chunk's codes and scales
 //      into registers and the one p.prefetch_distance steps ahead into L2, and per chunk runs
-//        S = Q K^T  as 2 (n-tiles of 8 tokens) x HeadDim/16 (k-steps) x 2 (level hi, lo)
-//                   mma.m16n8k16: A = queries (rows 0-7 the hi parts of heads 0-7, rows 8-15 the
-//                   lo parts, so S = C[g] + C[g + 8]), B = key codes -> half2 levels (hi, then lo);
+//        S = Q K^T  as 2 (n-tiles of 8 tokens) x HeadDim/16 (k-steps) mma.m16n8k16: A = queries
+//                   (rows 0-7 the hi parts of heads 0-7, rows 8-15 the lo parts, so S = C[g] +
+//                   C[g + 8]), B = key codes -> half2 levels through the code table;
 //        online softmax per head in log2 units (max, sum, rescale of the accumulators);
 //        O^T += V^T P'  as HeadDim/16 mma.m16n8k16: A = value codes -> half2 levels (m = coordinates,
 //                   k = the 16 tokens), B = P' = p_t * value_scale_t in fp16 (n = the 8 heads);
@@ -27,7 +28,7 @@
 //   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
 // Both kernels may start early under programmatic dependent launch (wait_for_prior_grids); the
 // split kernel builds its tables (parameters only) before waiting.
-// Merge kernel, one warp-fraction per (sequence, query head) (device::VectorLayout): combines the
+// Merge kernel, one warp per (sequence, query head), its lanes taking the splits in turn: combines the
 // splits by log-sum-exp, divides by the sum, applies x = s * H y / sqrt(d) with the values' signs
 // (device::walsh_hadamard, the CPU's stage order) and writes out (q's dtype) and lse.
 #pragma once
@@ -832,17 +833,22 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   }
 }
 
-// One (sequence, query head) per Layout::kLanes lanes.
+// One warp per (sequence, query head): lane (g, l) = (lane / kLanes, lane % kLanes) sums the splits
+// s = g, g + kSplitGroups, ... for the chunks of vector lane l (device::VectorLayout), so the splits'
+// loads are spread over the warp and in flight together; the groups' sums then meet by shuffles
+// (every lane ends with the totals) and the transform runs on all lanes.
 template <int HeadDim, DType OutType>
 __global__ void __launch_bounds__(kMergeThreads)
     decode_attention_merge_kernel(const __grid_constant__ AttentionParams p) {
   using Layout = device::VectorLayout<HeadDim>;
-  constexpr int kVectorsPerBlock = kMergeThreads / Layout::kLanes;
+  constexpr int kSplitGroups = kWarpSize / Layout::kLanes;
+  constexpr int kVectorsPerBlock = kMergeThreads / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int l = lane % Layout::kLanes;
-  const int64_t v = static_cast<int64_t>(blockIdx.x) * kVectorsPerBlock + threadIdx.x / Layout::kLanes;
+  const int g = lane / Layout::kLanes;
+  const int64_t v = static_cast<int64_t>(blockIdx.x) * kVectorsPerBlock + threadIdx.x / kWarpSize;
   const int64_t total = static_cast<int64_t>(p.num_seqs) * p.q_heads;
-  const bool active = v < total;  // inactive lanes still join the shuffles of the transform
+  if (v >= total) return;  // warp-uniform: whole warps only below
   wait_for_prior_grids();  // the partials of the split kernel
 
   float x[Layout::kChunks][device::kChunk];
@@ -850,33 +856,42 @@ __global__ void __launch_bounds__(kMergeThreads)
   for (int u = 0; u < Layout::kChunks; ++u)
 #pragma unroll
     for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
-  float m = kNegInf, sum = 0.0f;
-  if (active) {
-    const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * p.num_splits;
-    for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, max_sum[s].x);
-    if (m != kNegInf) {
-      const float* out = p.partial_out + v * p.num_splits * HeadDim;
-      for (int s = 0; s < p.num_splits; ++s) {
-        const float2 ms = max_sum[s];
-        if (ms.x == kNegInf) continue;  // empty split: its partial_out was never written
-        const float weight = exp2f(ms.x - m);
-        sum += weight * ms.y;
+  const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * p.num_splits;
+  float m = kNegInf;
+  for (int s = g; s < p.num_splits; s += kSplitGroups) m = fmaxf(m, max_sum[s].x);
 #pragma unroll
-        for (int u = 0; u < Layout::kChunks; ++u) {
-          const float* at = out + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk;
-          const float4 a = *reinterpret_cast<const float4*>(at);
-          const float4 b = *reinterpret_cast<const float4*>(at + sizeof(float4) / sizeof(float));
-          x[u][0] += weight * a.x;
-          x[u][1] += weight * a.y;
-          x[u][2] += weight * a.z;
-          x[u][3] += weight * a.w;
-          x[u][4] += weight * b.x;
-          x[u][5] += weight * b.y;
-          x[u][6] += weight * b.z;
-          x[u][7] += weight * b.w;
-        }
+  for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, d));
+  float sum = 0.0f;
+  if (m != kNegInf) {
+    const float* out = p.partial_out + v * p.num_splits * HeadDim;
+    for (int s = g; s < p.num_splits; s += kSplitGroups) {
+      const float2 ms = max_sum[s];
+      if (ms.x == kNegInf) continue;  // empty split: its partial_out was never written
+      const float weight = fast_exp2(ms.x - m);
+      sum += weight * ms.y;
+#pragma unroll
+      for (int u = 0; u < Layout::kChunks; ++u) {
+        const float* at = out + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk;
+        const float4 a = *reinterpret_cast<const float4*>(at);
+        const float4 b = *reinterpret_cast<const float4*>(at + sizeof(float4) / sizeof(float));
+        x[u][0] += weight * a.x;
+        x[u][1] += weight * a.y;
+        x[u][2] += weight * a.z;
+        x[u][3] += weight * a.w;
+        x[u][4] += weight * b.x;
+        x[u][5] += weight * b.y;
+        x[u][6] += weight * b.z;
+        x[u][7] += weight * b.w;
       }
     }
+  }
+#pragma unroll
+  for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) {
+    sum += __shfl_xor_sync(kFullWarpMask, sum, d);
+#pragma unroll
+    for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+      for (int k = 0; k < device::kChunk; ++k) x[u][k] += __shfl_xor_sync(kFullWarpMask, x[u][k], d);
   }
   const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
 #pragma unroll
@@ -889,7 +904,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   for (int u = 0; u < Layout::kChunks; ++u)
 #pragma unroll
     for (int k = 0; k < device::kChunk; ++k) x[u][k] *= scale;
-  if (!active) return;
+  if (g != 0) return;  // every group holds the totals: group 0 stores
   const auto seq = static_cast<int32_t>(v / p.q_heads);
   const auto head = static_cast<int32_t>(v - static_cast<int64_t>(seq) * p.q_heads);
   auto* row = static_cast<uint8_t*>(p.out) +
@@ -942,8 +957,7 @@ cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t 
   config.numAttrs = params.programmatic_launch ? 1u : 0u;
   e = cudaLaunchKernelEx(&config, split_kernel, params);
   if (e != cudaSuccess) return e;
-  using Layout = device::VectorLayout<HeadDim>;
-  constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / Layout::kLanes;
+  constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / ak::kWarpSize;  // one warp per vector
   const int64_t vectors = static_cast<int64_t>(params.num_seqs) * params.q_heads;
   config.gridDim = dim3(static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock));
   config.blockDim = dim3(ak::kMergeThreads);
