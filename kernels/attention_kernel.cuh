@@ -44,6 +44,7 @@
 #include "attention_params.hpp"
 #include "turboquant/cuda/attention.hpp"
 #include "turboquant/device/common.cuh"
+#include "turboquant/device/mma.cuh"
 #include "turboquant/device/rht.cuh"
 #include "turboquant/numeric.hpp"
 #include "turboquant/rht.hpp"
@@ -55,14 +56,7 @@ namespace attention_kernel {
 using device::kFullWarpMask;
 using device::kWarpSize;
 
-// ---- mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 ------------------------------------------
-// Fragments (PTX ISA, "Matrix fragments for mma.m16n8k16 with floating point type"); a lane is
-// (group, quad) = (lane / 4, lane % 4):
-//   A 16x16: reg0 = A[group][2 quad + {0,1}],     reg1 = A[group + 8][2 quad + {0,1}],
-//            reg2 = A[group][8 + 2 quad + {0,1}], reg3 = A[group + 8][8 + 2 quad + {0,1}];
-//   B 16x8:  reg0 = B[2 quad + {0,1}][group],     reg1 = B[8 + 2 quad + {0,1}][group];
-//   C 16x8:  c0, c1 = C[group][2 quad + {0,1}],   c2, c3 = C[group + 8][2 quad + {0,1}].
-// (Two halves in a register: the lower index in the low 16 bits.)
+// ---- mma.m16n8k16 (fragment maps: turboquant/device/mma.cuh) ----------------------------------------
 inline constexpr int kMmaM = 16;
 inline constexpr int kMmaN = 8;
 inline constexpr int kMmaK = 16;
@@ -212,13 +206,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                             uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 // Bytes [p, p + Bytes) of read-only global memory as little-endian words (bits beyond Bytes are
 // unspecified). Align is what the caller guarantees for p. Below 4-byte alignment the covering
@@ -453,7 +440,17 @@ __device__ __forceinline__ uint32_t unit_offset(const uint32_t (&w)[Words], int 
     const int word = u / kBytesPerWord, byte = u % kBytesPerWord;
     return __byte_perm(w[word], lane_offset, 0x7604u | (static_cast<uint32_t>(byte) << 4));
   } else {
-    return (code_pair<CodeUnit<Bits>::kBits>(w, u) << 8) | lane_offset;
+    // Bits [b, b + 6) of the stream moved to bits 8-13 (one shift or funnel shift), masked and
+    // or-ed with the lane offset (one LOP3).
+    constexpr int kUnitBits = CodeUnit<Bits>::kBits;
+    const int bit = u * kUnitBits, word = bit / kBitsPerWord, offset = bit % kBitsPerWord;
+    uint32_t v;
+    if (offset + kUnitBits <= kBitsPerWord) {
+      v = offset >= kBitsPerByte ? w[word] >> (offset - kBitsPerByte) : w[word] << (kBitsPerByte - offset);
+    } else {
+      v = __funnelshift_r(w[word], w[word + 1], offset - kBitsPerByte);
+    }
+    return (v & (((1u << kUnitBits) - 1u) << kBitsPerByte)) | lane_offset;
   }
 }
 
@@ -560,7 +557,7 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
         b0 = pair_levels<S::kKeyBits>(table, r.key[nt], kPair * kk, key_offset);
         b1 = pair_levels<S::kKeyBits>(table, r.key[nt], kPair * kk + 1, key_offset);
       }
-      mma_m16n8k16(s[nt], q.x, q.y, q.z, q.w, b0, b1);
+      device::mma_f16_m16n8k16(s[nt], q.x, q.y, q.z, q.w, b0, b1);
     }
   }
   // Logits in log2 units; i = 2 nt + e.
@@ -620,7 +617,7 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
         v[i] = pair_levels<S::kValueBits>(table, r.value[i], mt, value_offset);
       }
     }
-    mma_m16n8k16(acc[mt], __byte_perm(v[0], v[1], kPermLowHalves), __byte_perm(v[0], v[1], kPermHighHalves),
+    device::mma_f16_m16n8k16(acc[mt], __byte_perm(v[0], v[1], kPermLowHalves), __byte_perm(v[0], v[1], kPermHighHalves),
                  __byte_perm(v[2], v[3], kPermLowHalves), __byte_perm(v[2], v[3], kPermHighHalves), b0, b1);
   }
 }
@@ -760,6 +757,13 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     if (page >= 0) prefetch_chunk_l2<S>(p, page, kv, c, i % kPrefetchRegions);
   }
 
+  // The warp's first chunk is loaded first, so that its latency overlaps the query rotation.
+  const LaneOffsets offsets = lane_offsets<S>(p, kv, group, quad);
+  const int32_t* block_row = p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq;
+  ChunkRegs<S> cur{}, next{};
+  int chunk = begin + warp;
+  if (chunk < end) load_chunk_regs<S>(p, block_row, offsets, chunk, quad, cur);
+
   rotate_queries<HeadDim, QType>(p, seq, kv * p.group + head0, heads, q_hi, q_lo, factor_s);
   __syncthreads();
 
@@ -783,11 +787,6 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   for (int mt = 0; mt < S::kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
   float m_run = kNegInf, l_run = 0.0f;
 
-  const LaneOffsets offsets = lane_offsets<S>(p, kv, group, quad);
-  const int32_t* block_row = p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq;
-  ChunkRegs<S> cur{}, next{};
-  int chunk = begin + warp;
-  if (chunk < end) load_chunk_regs<S>(p, block_row, offsets, chunk, quad, cur);
   for (; chunk < end; chunk += kAttentionWarps) {
     const int ahead = chunk + prefetch_step;  // == chunk when off: never prefetched
     const int ahead_page = (prefetch_step > 0 && lane < kPrefetchRegions && ahead < end) ? prefetch_page(p, seq, ahead) : -1;
