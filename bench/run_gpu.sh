@@ -49,7 +49,10 @@ for stage in "${stages[@]}"; do
         cat "$out/baseline.jsonl" | tee -a "$summary"
       else
         say "baseline: $baseline not found"
-      fi ;;
+      fi
+      # FP16 SDPA for bench_prefill's shapes (chunk 2048 / verify 8 over a 32K prefix).
+      python3 bench/prefill_baseline.py > "$out/prefill_baseline.jsonl" 2>&1 || rc=1
+      tee -a "$summary" < "$out/prefill_baseline.jsonl" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

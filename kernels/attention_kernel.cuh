@@ -857,12 +857,14 @@ __global__ void __launch_bounds__(kMergeThreads)
     for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
   const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * p.num_splits;
   float m = kNegInf;
+#pragma unroll 4
   for (int s = g; s < p.num_splits; s += kSplitGroups) m = fmaxf(m, max_sum[s].x);
 #pragma unroll
   for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, d));
   float sum = 0.0f;
   if (m != kNegInf) {
     const float* out = p.partial_out + v * p.num_splits * HeadDim;
+#pragma unroll 2
     for (int s = g; s < p.num_splits; s += kSplitGroups) {
       const float2 ms = max_sum[s];
       if (ms.x == kNegInf) continue;  // empty split: its partial_out was never written

@@ -1,4 +1,6 @@
-// PagedKVCache: a small owning KV cache of packed, paged blocks (CPU backend, host memory).
+// PagedKVCache: a small owning KV cache of packed, paged blocks. The class keeps the bookkeeping
+// on the host; a backend owns the pools: CpuKVCacheBackend (here, host memory; PagedKVCache::create)
+// or the CUDA backend (device memory; turboquant/cuda/kv_cache.hpp, cuda::create_kv_cache).
 // Header-only, C++17, no CUDA headers. Nothing here prints, throws on purpose or aborts; every
 // fallible call returns a Status naming the argument and its value.
 //
@@ -18,8 +20,10 @@
 //   layer, reserving pages in the shared block table when they are not there yet (usually on the
 //   layer-0 append of a step). A decode step is: for each layer, append(seq, layer, k, v) then
 //   attention(seq, layer, q, out) (attention reads the layer's own length, so it includes the
-//   token just appended). length(seq) is the minimum over layers: the tokens complete in every
-//   layer. truncate and fork work on whole sequences; free releases everything.
+//   token just appended). append_batch(ids, n, layer, K, V) appends ONE token to each of n
+//   sequences in one call (one encode per side): a batched decode step is, per layer,
+//   append_batch then attention(ids, n, ...). length(seq) is the minimum over layers: the tokens
+//   complete in every layer. truncate and fork work on whole sequences; free releases everything.
 //
 // Copy-on-write: fork(src, dst) shares every page of src (reference counts). An append that would
 // write into a page whose reference count is > 1 first copies that page (all layers) into a free
@@ -320,6 +324,47 @@ struct AttentionOptions {
   float* lse = nullptr;        // optional [num_seqs, q_heads]
 };
 
+class PagedKVCache;
+
+// Where the pools of a PagedKVCache live and how pages are written, copied and attended. The class
+// keeps every piece of bookkeeping (sequences, block tables, lengths, reference counts, free pages)
+// on the host and calls its backend only after it has checked everything and counted the pages
+// (failure atomicity stays the class's job). Two backends exist:
+//   - CpuKVCacheBackend (below, header-only): host pools, cpu::encode / cpu::decode_attention;
+//     PagedKVCache::create(config, &cache) uses it;
+//   - the CUDA backend (turboquant/cuda/kv_cache.hpp, turboquant::cuda): device pools,
+//     cuda::encode / cuda::decode_attention on a stream; cuda::create_kv_cache(...).
+// A backend is owned by one cache and used from one thread at a time, like the cache itself.
+class KVCacheBackend {
+ public:
+  KVCacheBackend() = default;
+  KVCacheBackend(const KVCacheBackend&) = delete;
+  KVCacheBackend& operator=(const KVCacheBackend&) = delete;
+  virtual ~KVCacheBackend() = default;
+
+  // Allocates every layer's pool once (plan.num_pages x plan.layouts[l].page_bytes, zeroed, 16-byte
+  // aligned) and whatever else the backend needs for its whole life. Called once, by create.
+  [[nodiscard]] virtual Status allocate(const KVCacheConfig& config, const KVCachePlan& plan) noexcept = 0;
+  // Base of a layer's pool (layer checked by the caller); device memory when device_memory().
+  [[nodiscard]] virtual void* layer_pages(int32_t layer) const noexcept = 0;
+  [[nodiscard]] virtual bool device_memory() const noexcept = 0;
+  // Backend checks of one side's rows about to be written into `layer` (the class has checked the
+  // shape [n, kv_heads, head_dim]). Called before anything changes; changes nothing.
+  [[nodiscard]] virtual Status check_rows(int32_t layer, bool value_side, const ConstView& rows) noexcept = 0;
+  // Copies page src over page dst in every layer's pool (copy-on-write).
+  [[nodiscard]] virtual Status copy_page(int32_t src, int32_t dst) noexcept = 0;
+  // Writes checked rows: keys / values row i to slot slots[i] (i < keys.dim0) of `layer`. The
+  // cache's bookkeeping already includes these rows; seq_ids[num_seqs] are the sequences written,
+  // in row order (a hint the CUDA backend uses to stage their new lengths with the slots).
+  [[nodiscard]] virtual Status write(const PagedKVCache& cache, int32_t layer, const ConstView& keys,
+                                     const ConstView& values, const int64_t* slots, const int64_t* seq_ids,
+                                     int32_t num_seqs) noexcept = 0;
+  // Attention of a batch whose ids exist, layer in range, num_seqs > 0 (checked by the class).
+  [[nodiscard]] virtual Status attention(const PagedKVCache& cache, const int64_t* seq_ids, int32_t num_seqs,
+                                         int32_t layer, const ConstView& q, const View& out,
+                                         const AttentionOptions& opt) noexcept = 0;
+};
+
 class PagedKVCache {
  public:
   PagedKVCache() = default;
@@ -328,9 +373,16 @@ class PagedKVCache {
   PagedKVCache(const PagedKVCache&) = delete;
   PagedKVCache& operator=(const PagedKVCache&) = delete;
 
-  // Plans the config and allocates every layer's pool once (16-byte aligned host memory, zeroed).
-  [[nodiscard]] static Status create(const KVCacheConfig& config, PagedKVCache* out) noexcept {
+  // CPU backend: plans the config and allocates every layer's pool once (16-byte aligned host
+  // memory, zeroed). Defined below CpuKVCacheBackend.
+  [[nodiscard]] static Status create(const KVCacheConfig& config, PagedKVCache* out) noexcept;
+
+  // Any backend (cuda::create_kv_cache uses this): plans the config, lets the backend allocate its
+  // pools, sets up the bookkeeping. On an error *out is left as it was.
+  [[nodiscard]] static Status create(const KVCacheConfig& config, std::unique_ptr<KVCacheBackend> backend,
+                                     PagedKVCache* out) noexcept {
     if (out == nullptr) return make_status(StatusCode::kInvalidArgument, "out = null");
+    if (!backend) return make_status(StatusCode::kInvalidArgument, "backend = null");
     PagedKVCache c;
     TQ_RETURN_IF_ERROR(plan_kv_cache(config, &c.plan_));
     if (c.plan_.num_pages <= 0)
@@ -340,23 +392,14 @@ class PagedKVCache {
     try {
       c.config_ = config;
       const auto n = static_cast<size_t>(c.plan_.num_pages);
-      for (int32_t l = 0; l < config.layers; ++l) {
-        const size_t bytes = n * static_cast<size_t>(c.plan_.layouts[static_cast<size_t>(l)].page_bytes);
-        std::unique_ptr<uint8_t[]> mem(new (std::nothrow) uint8_t[bytes + layout::kAlignment]);
-        if (!mem)
-          return make_status(StatusCode::kOutOfMemory, "allocating ", bytes, " bytes for layer ", l, "'s pool");
-        std::memset(mem.get(), 0, bytes + layout::kAlignment);
-        const auto addr = reinterpret_cast<uintptr_t>(mem.get());
-        const uintptr_t a = static_cast<uintptr_t>(layout::kAlignment);
-        c.bases_.push_back(reinterpret_cast<uint8_t*>((addr + a - 1) / a * a));
-        c.storage_.push_back(std::move(mem));
-      }
       c.ref_counts_.assign(n, 0);
       c.free_pages_.reserve(n);
       for (int64_t p = c.plan_.num_pages - 1; p >= 0; --p) c.free_pages_.push_back(static_cast<int32_t>(p));
     } catch (const std::bad_alloc&) {
       return make_status(StatusCode::kOutOfMemory, "allocating the cache");
     }
+    TQ_RETURN_IF_ERROR(backend->allocate(c.config_, c.plan_));
+    c.backend_ = std::move(backend);
     *out = std::move(c);
     return Status::ok();
   }
@@ -376,10 +419,20 @@ class PagedKVCache {
     const Format& f = format(layer);
     return f.key.bits > 0 || f.value.bits > 0;
   }
-  // Base of a layer's pool: [num_pages, layout(layer).page_bytes], 16-byte aligned.
+  // Base of a layer's pool: [num_pages, layout(layer).page_bytes], 16-byte aligned. Host memory
+  // for the CPU backend, DEVICE memory when on_device() (the CUDA backend).
   [[nodiscard]] void* layer_pages(int32_t layer) const noexcept {
-    return layer < 0 || layer >= config_.layers ? nullptr : bases_[static_cast<size_t>(layer)];
+    return layer < 0 || layer >= config_.layers || !backend_ ? nullptr : backend_->layer_pages(layer);
   }
+  [[nodiscard]] bool on_device() const noexcept { return backend_ && backend_->device_memory(); }
+  // The backend (null for a cache not created); for backend-specific calls (turboquant::cuda).
+  [[nodiscard]] KVCacheBackend* backend() const noexcept { return backend_.get(); }
+
+  // Change counters: table_version() changes whenever a block table may have changed (pages
+  // taken, copied or released, sequences added, forked or freed), length_version() whenever a
+  // length may have changed. A backend caches device copies of batch tables keyed by them.
+  [[nodiscard]] uint64_t table_version() const noexcept { return table_version_; }
+  [[nodiscard]] uint64_t length_version() const noexcept { return length_version_; }
 
   // ---- accounting ----
   [[nodiscard]] int64_t num_pages() const noexcept { return plan_.num_pages; }
@@ -400,6 +453,7 @@ class PagedKVCache {
   [[nodiscard]] bool contains(int64_t seq_id) const { return seqs_.count(seq_id) != 0; }
 
   [[nodiscard]] Status add(int64_t seq_id) noexcept {
+    if (!backend_) return not_created();
     if (contains(seq_id)) return make_status(StatusCode::kInvalidArgument, "seq_id = ", seq_id, ": already present");
     try {
       Sequence s;
@@ -408,6 +462,8 @@ class PagedKVCache {
     } catch (const std::bad_alloc&) {
       return make_status(StatusCode::kOutOfMemory, "adding seq_id = ", seq_id);
     }
+    ++table_version_;
+    ++length_version_;
     return Status::ok();
   }
 
@@ -464,64 +520,56 @@ class PagedKVCache {
     }
     return Status::ok();
   }
+  // The layer's lengths of a batch [num_seqs] (fill_batch without the table).
+  [[nodiscard]] Status fill_lengths(const int64_t* seq_ids, int32_t num_seqs, int32_t layer,
+                                    int32_t* seq_lens) const noexcept {
+    if (seq_ids == nullptr || seq_lens == nullptr)
+      return make_status(StatusCode::kInvalidArgument, "seq_ids or seq_lens = null");
+    TQ_RETURN_IF_ERROR(check_layer(layer));
+    for (int32_t i = 0; i < num_seqs; ++i) {
+      const Sequence* s = find(seq_ids[i]);
+      if (s == nullptr) return not_found(seq_ids[i]);
+      seq_lens[i] = s->layer_len[static_cast<size_t>(layer)];
+    }
+    return Status::ok();
+  }
+  // The most pages any sequence of the batch holds and the longest length of the layer among them.
+  [[nodiscard]] Status batch_extent(const int64_t* seq_ids, int32_t num_seqs, int32_t layer, int32_t* max_pages,
+                                    int32_t* max_len) const noexcept {
+    if (seq_ids == nullptr || max_pages == nullptr || max_len == nullptr)
+      return make_status(StatusCode::kInvalidArgument, "seq_ids, max_pages or max_len = null");
+    TQ_RETURN_IF_ERROR(check_layer(layer));
+    int32_t pages = 0, len = 0;
+    for (int32_t i = 0; i < num_seqs; ++i) {
+      const Sequence* s = find(seq_ids[i]);
+      if (s == nullptr) return not_found(seq_ids[i]);
+      pages = std::max(pages, static_cast<int32_t>(s->pages.size()));
+      len = std::max(len, s->layer_len[static_cast<size_t>(layer)]);
+    }
+    *max_pages = pages;
+    *max_len = len;
+    return Status::ok();
+  }
 
-  // Appends n tokens to one layer: keys and values [n, kv_heads, head_dim] (f32 | f16 | bf16,
-  // finite), encoded on the way in. Reserves pages the tokens need (and copies shared pages they
-  // write into); kOutOfMemory with nothing changed when the pool cannot supply them.
+  // Appends n tokens to one layer of one sequence: keys and values [n, kv_heads, head_dim]
+  // (CPU backend: host f32 | f16 | bf16, finite; CUDA backend: device memory, see
+  // turboquant/cuda/kv_cache.hpp), encoded on the way in. Reserves pages the tokens need (and
+  // copies shared pages they write into); kOutOfMemory with nothing changed when the pool cannot
+  // supply them.
   [[nodiscard]] Status append(int64_t seq_id, int32_t layer, const ConstView& keys,
                               const ConstView& values) noexcept {
-    Sequence* s = find(seq_id);
-    if (s == nullptr) return not_found(seq_id);
-    TQ_RETURN_IF_ERROR(check_layer(layer));
-    TQ_RETURN_IF_ERROR(check_rows("keys", keys));
-    TQ_RETURN_IF_ERROR(check_rows("values", values));
-    if (keys.dim0 != values.dim0)
-      return make_status(StatusCode::kInvalidArgument, "keys.dim0 = ", keys.dim0, " but values.dim0 = ", values.dim0);
-    TQ_RETURN_IF_ERROR(check_finite("keys", keys));
-    TQ_RETURN_IF_ERROR(check_finite("values", values));
-    const int64_t ps = config_.page_size;
-    const int64_t first = s->layer_len[static_cast<size_t>(layer)];
-    const int64_t end = first + keys.dim0;
-    if (end > std::numeric_limits<int32_t>::max())
-      return make_status(StatusCode::kOutOfRange, "appending ", keys.dim0, " tokens to length ", first);
-    const int64_t have = static_cast<int64_t>(s->pages.size());
-    const int64_t need_pages = (end + ps - 1) / ps;
-    int64_t fresh = std::max<int64_t>(0, need_pages - have);
-    for (int64_t i = first / ps; i < std::min(have, need_pages); ++i)
-      if (ref_counts_[static_cast<size_t>(s->pages[static_cast<size_t>(i)])] > 1) ++fresh;  // copy-on-write
-    if (fresh > pages_free())
-      return make_status(StatusCode::kOutOfMemory, "seq_id = ", seq_id, ", layer = ", layer, ": appending ",
-                         keys.dim0, " tokens needs ", fresh, " free pages, ", pages_free(), " are free");
-    std::vector<int64_t> slots;
-    try {
-      s->pages.reserve(static_cast<size_t>(need_pages));
-      slots.resize(static_cast<size_t>(keys.dim0));
-    } catch (const std::bad_alloc&) {
-      return make_status(StatusCode::kOutOfMemory, "growing the block table of seq_id = ", seq_id);
-    }
-    // Nothing can fail from here on.
-    for (int64_t i = first / ps; i < std::min(have, need_pages); ++i) {
-      int32_t& page = s->pages[static_cast<size_t>(i)];
-      if (ref_counts_[static_cast<size_t>(page)] > 1) {
-        const int32_t copy = take_page();
-        for (int32_t l = 0; l < config_.layers; ++l) {
-          const int64_t pb = plan_.layouts[static_cast<size_t>(l)].page_bytes;
-          std::memcpy(bases_[static_cast<size_t>(l)] + copy * pb, bases_[static_cast<size_t>(l)] + page * pb,
-                      static_cast<size_t>(pb));
-        }
-        --ref_counts_[static_cast<size_t>(page)];
-        page = copy;
-      }
-    }
-    while (static_cast<int64_t>(s->pages.size()) < need_pages) s->pages.push_back(take_page());
-    for (int64_t t = 0; t < keys.dim0; ++t) {
-      const int64_t pos = first + t;
-      slots[static_cast<size_t>(t)] = static_cast<int64_t>(s->pages[static_cast<size_t>(pos / ps)]) * ps + pos % ps;
-    }
-    write_side(layer, false, keys, slots.data());
-    write_side(layer, true, values, slots.data());
-    s->layer_len[static_cast<size_t>(layer)] = static_cast<int32_t>(end);
-    return Status::ok();
+    return append_rows(&seq_id, 1, layer, keys, values, false);
+  }
+
+  // One decode step of one layer for a batch: appends ONE token to each of num_seqs distinct
+  // sequences; keys and values [num_seqs, kv_heads, head_dim], row i for seq_ids[i]. One encode
+  // per side for the whole batch. All or nothing: every id, shape and the pages of the whole batch
+  // are checked before anything changes (kOutOfMemory with nothing changed).
+  [[nodiscard]] Status append_batch(const int64_t* seq_ids, int32_t num_seqs, int32_t layer, const ConstView& keys,
+                                    const ConstView& values) noexcept {
+    if (seq_ids == nullptr) return make_status(StatusCode::kInvalidArgument, "seq_ids = null");
+    if (num_seqs <= 0) return make_status(StatusCode::kInvalidArgument, "num_seqs = ", num_seqs, ": must be > 0");
+    return append_rows(seq_ids, num_seqs, layer, keys, values, true);
   }
 
   // dst (new id) shares every page of src; later writes into a shared page copy it first.
@@ -536,6 +584,8 @@ class PagedKVCache {
       return make_status(StatusCode::kOutOfMemory, "forking seq_id = ", src);
     }
     for (int32_t p : find(dst)->pages) ++ref_counts_[static_cast<size_t>(p)];
+    ++table_version_;
+    ++length_version_;
     return Status::ok();
   }
 
@@ -553,6 +603,8 @@ class PagedKVCache {
       release_page(s->pages.back());
       s->pages.pop_back();
     }
+    ++table_version_;
+    ++length_version_;
     return Status::ok();
   }
 
@@ -561,52 +613,24 @@ class PagedKVCache {
     if (it == seqs_.end()) return not_found(seq_id);
     for (int32_t p : it->second.pages) release_page(p);
     seqs_.erase(it);
+    ++table_version_;
+    ++length_version_;
     return Status::ok();
   }
 
   // One decode step of one layer for a batch: q [num_seqs, q_heads, head_dim], out likewise; each
-  // sequence attends to its tokens of this layer (cpu::decode_attention; the class's own float64
-  // attention for a plain-fp16 layer, with the same conventions).
+  // sequence attends to its tokens of this layer. CPU backend: cpu::decode_attention (the class's
+  // own float64 attention for a plain-fp16 layer, with the same conventions). CUDA backend:
+  // cuda::decode_attention on device q / out / lse (see turboquant/cuda/kv_cache.hpp).
   [[nodiscard]] Status attention(const int64_t* seq_ids, int32_t num_seqs, int32_t layer, const ConstView& q,
                                  const View& out, const AttentionOptions& opt = {}) const noexcept {
+    if (!backend_) return not_created();
     if (seq_ids == nullptr) return make_status(StatusCode::kInvalidArgument, "seq_ids = null");
     if (num_seqs <= 0) return make_status(StatusCode::kInvalidArgument, "num_seqs = ", num_seqs, ": must be > 0");
     TQ_RETURN_IF_ERROR(check_layer(layer));
-    int32_t max_pages = 1;
-    for (int32_t i = 0; i < num_seqs; ++i) {
-      const Sequence* s = find(seq_ids[i]);
-      if (s == nullptr) return not_found(seq_ids[i]);
-      max_pages = std::max(max_pages, static_cast<int32_t>(s->pages.size()));
-    }
-    std::vector<int32_t> table, lens;
-    try {
-      table.resize(static_cast<size_t>(num_seqs) * static_cast<size_t>(max_pages));
-      lens.resize(static_cast<size_t>(num_seqs));
-    } catch (const std::bad_alloc&) {
-      return make_status(StatusCode::kOutOfMemory, "building the batch block table");
-    }
-    TQ_RETURN_IF_ERROR(fill_batch(seq_ids, num_seqs, layer, max_pages, table.data(), lens.data()));
-    PagedCache cache{};
-    cache.pages = bases_[static_cast<size_t>(layer)];
-    cache.num_pages = plan_.num_pages;
-    cache.layout = layout(layer);
-    cache.block_table = table.data();
-    cache.max_pages_per_seq = max_pages;
-    cache.seq_lens = lens.data();
-    cache.num_seqs = num_seqs;
-    if (is_compressed(layer)) {
-      cpu::DecodeAttentionArgs a{};
-      a.format = format(layer);
-      a.q = q;
-      a.cache = cache;
-      a.out = out;
-      a.lse = opt.lse;
-      a.softmax_scale = opt.softmax_scale;
-      a.sliding_window = opt.sliding_window;
-      a.logit_softcap = opt.logit_softcap;
-      return cpu::decode_attention(a);
-    }
-    return raw_attention(layer, cache, q, out, opt);
+    for (int32_t i = 0; i < num_seqs; ++i)
+      if (find(seq_ids[i]) == nullptr) return not_found(seq_ids[i]);
+    return backend_->attention(*this, seq_ids, num_seqs, layer, q, out, opt);
   }
   [[nodiscard]] Status attention(int64_t seq_id, int32_t layer, const ConstView& q, const View& out,
                                  const AttentionOptions& opt = {}) const noexcept {
@@ -630,6 +654,9 @@ class PagedKVCache {
   [[nodiscard]] static Status not_found(int64_t id) noexcept {
     return make_status(StatusCode::kNotFound, "seq_id = ", id, ": no such sequence");
   }
+  [[nodiscard]] static Status not_created() noexcept {
+    return make_status(StatusCode::kInvalidArgument, "the cache was not created (use PagedKVCache::create)");
+  }
   [[nodiscard]] Status check_layer(int32_t layer) const noexcept {
     if (layer < 0 || layer >= config_.layers)
       return make_status(StatusCode::kOutOfRange, "layer = ", layer, ": the cache has ", config_.layers, " layers");
@@ -642,15 +669,119 @@ class PagedKVCache {
                          config_.kv_heads);
     return Status::ok();
   }
-  [[nodiscard]] static Status check_finite(const char* name, const ConstView& v) noexcept {
-    for (int64_t t = 0; t < v.dim0; ++t)
-      for (int32_t h = 0; h < v.dim1; ++h)
-        for (int32_t j = 0; j < v.head_dim; ++j) {
-          const float x = load_as_float(v.data, v.offset(t, h) + j, v.dtype);
-          if (!std::isfinite(x)) return make_status(StatusCode::kNonFinite, name, "[", t, "][", h, "][", j, "] = ", x);
+
+  // append (batch = false: one sequence, keys.dim0 tokens) and append_batch (one token per sequence).
+  [[nodiscard]] Status append_rows(const int64_t* ids, int32_t num, int32_t layer, const ConstView& keys,
+                                   const ConstView& values, bool batch) noexcept {
+    if (!backend_) return not_created();
+    try {
+      seq_scratch_.clear();
+      seq_scratch_.reserve(static_cast<size_t>(num));
+    } catch (const std::bad_alloc&) {
+      return make_status(StatusCode::kOutOfMemory, "num_seqs = ", num);
+    }
+    for (int32_t i = 0; i < num; ++i) {
+      Sequence* s = find(ids[i]);
+      if (s == nullptr) return not_found(ids[i]);
+      for (int32_t j = 0; j < i; ++j)
+        if (ids[j] == ids[i])
+          return make_status(StatusCode::kInvalidArgument, "seq_ids[", i, "] = ", ids[i], " repeats seq_ids[", j,
+                             "]: a batch appends one token to distinct sequences");
+      seq_scratch_.push_back(s);
+    }
+    TQ_RETURN_IF_ERROR(check_layer(layer));
+    TQ_RETURN_IF_ERROR(check_rows("keys", keys));
+    TQ_RETURN_IF_ERROR(check_rows("values", values));
+    if (keys.dim0 != values.dim0)
+      return make_status(StatusCode::kInvalidArgument, "keys.dim0 = ", keys.dim0, " but values.dim0 = ", values.dim0);
+    if (batch && keys.dim0 != num)
+      return make_status(StatusCode::kInvalidArgument, "keys.dim0 = ", keys.dim0, " but num_seqs = ", num,
+                         ": append_batch takes one token per sequence");
+    TQ_RETURN_IF_ERROR(backend_->check_rows(layer, false, keys));
+    TQ_RETURN_IF_ERROR(backend_->check_rows(layer, true, values));
+    const int64_t ps = config_.page_size;
+    const int64_t per = batch ? 1 : keys.dim0;  // tokens per sequence
+    const auto L = static_cast<size_t>(layer);
+    int64_t fresh = 0;
+    try {
+      shared_scratch_.clear();
+      for (const Sequence* s : seq_scratch_) {
+        const int64_t first = s->layer_len[L];
+        const int64_t end = first + per;
+        if (end > std::numeric_limits<int32_t>::max())
+          return make_status(StatusCode::kOutOfRange, "appending ", per, " tokens to length ", first);
+        const int64_t have = static_cast<int64_t>(s->pages.size());
+        const int64_t need = (end + ps - 1) / ps;
+        fresh += std::max<int64_t>(0, need - have);
+        for (int64_t i = first / ps; i < std::min(have, need); ++i)
+          if (ref_counts_[static_cast<size_t>(s->pages[static_cast<size_t>(i)])] > 1)
+            shared_scratch_.push_back(s->pages[static_cast<size_t>(i)]);  // copy-on-write
+      }
+    } catch (const std::bad_alloc&) {
+      return make_status(StatusCode::kOutOfMemory, "counting the pages of the append");
+    }
+    // A shared page written by k of its r holders is copied k times when k < r, r - 1 times when
+    // every holder writes (the last one then holds it alone).
+    std::sort(shared_scratch_.begin(), shared_scratch_.end());
+    for (size_t i = 0; i < shared_scratch_.size();) {
+      size_t j = i;
+      while (j < shared_scratch_.size() && shared_scratch_[j] == shared_scratch_[i]) ++j;
+      const auto k = static_cast<int64_t>(j - i);
+      const int64_t r = ref_counts_[static_cast<size_t>(shared_scratch_[i])];
+      fresh += k < r ? k : r - 1;
+      i = j;
+    }
+    if (fresh > pages_free()) {
+      if (batch)
+        return make_status(StatusCode::kOutOfMemory, "layer = ", layer, ": appending one token to each of ", num,
+                           " sequences needs ", fresh, " free pages, ", pages_free(), " are free");
+      return make_status(StatusCode::kOutOfMemory, "seq_id = ", ids[0], ", layer = ", layer, ": appending ",
+                         keys.dim0, " tokens needs ", fresh, " free pages, ", pages_free(), " are free");
+    }
+    try {
+      for (Sequence* s : seq_scratch_)
+        s->pages.reserve(static_cast<size_t>((s->layer_len[L] + per + ps - 1) / ps));
+      slots_.resize(static_cast<size_t>(keys.dim0));
+    } catch (const std::bad_alloc&) {
+      return make_status(StatusCode::kOutOfMemory, "growing the block tables of the append");
+    }
+    // Nothing can fail from here on but the backend's own (device) calls.
+    Status copy_status = Status::ok();
+    bool table_changed = false;
+    for (size_t i = 0; i < seq_scratch_.size(); ++i) {
+      Sequence* s = seq_scratch_[i];
+      const int64_t first = s->layer_len[L];
+      const int64_t end = first + per;
+      const int64_t have = static_cast<int64_t>(s->pages.size());
+      const int64_t need = (end + ps - 1) / ps;
+      for (int64_t p = first / ps; p < std::min(have, need); ++p) {
+        int32_t& page = s->pages[static_cast<size_t>(p)];
+        if (ref_counts_[static_cast<size_t>(page)] > 1) {
+          const int32_t copy = take_page();
+          const Status st = backend_->copy_page(page, copy);
+          if (!st.is_ok() && copy_status.is_ok()) copy_status = st;
+          --ref_counts_[static_cast<size_t>(page)];
+          page = copy;
+          table_changed = true;
         }
-    return Status::ok();
+      }
+      while (static_cast<int64_t>(s->pages.size()) < need) {
+        s->pages.push_back(take_page());
+        table_changed = true;
+      }
+      for (int64_t t = 0; t < per; ++t) {
+        const int64_t pos = first + t;
+        slots_[i * static_cast<size_t>(per) + static_cast<size_t>(t)] =
+            static_cast<int64_t>(s->pages[static_cast<size_t>(pos / ps)]) * ps + pos % ps;
+      }
+      s->layer_len[L] = static_cast<int32_t>(end);
+    }
+    if (table_changed) ++table_version_;
+    ++length_version_;
+    const Status written = backend_->write(*this, layer, keys, values, slots_.data(), ids, num);
+    return copy_status.is_ok() ? written : copy_status;
   }
+
   int32_t take_page() noexcept {
     const int32_t p = free_pages_.back();
     free_pages_.pop_back();
@@ -660,18 +791,122 @@ class PagedKVCache {
   void release_page(int32_t p) noexcept {
     if (--ref_counts_[static_cast<size_t>(p)] == 0) free_pages_.push_back(p);  // capacity reserved at creation
   }
+
+  KVCacheConfig config_{};
+  KVCachePlan plan_{};
+  std::unique_ptr<KVCacheBackend> backend_;
+  std::vector<int32_t> ref_counts_;    // [num_pages]
+  std::vector<int32_t> free_pages_;    // stack; capacity num_pages
+  std::unordered_map<int64_t, Sequence> seqs_;
+  uint64_t table_version_ = 0;
+  uint64_t length_version_ = 0;
+  // Scratch of append / append_batch, kept to avoid allocating on every call.
+  std::vector<Sequence*> seq_scratch_;
+  std::vector<int32_t> shared_scratch_;
+  std::vector<int64_t> slots_;
+};
+
+// ---- the CPU backend: host pools, cpu::encode, cpu::decode_attention -----------------------------
+class CpuKVCacheBackend final : public KVCacheBackend {
+ public:
+  [[nodiscard]] Status allocate(const KVCacheConfig& config, const KVCachePlan& plan) noexcept override {
+    try {
+      const auto n = static_cast<size_t>(plan.num_pages);
+      for (int32_t l = 0; l < config.layers; ++l) {
+        const size_t bytes = n * static_cast<size_t>(plan.layouts[static_cast<size_t>(l)].page_bytes);
+        std::unique_ptr<uint8_t[]> mem(new (std::nothrow) uint8_t[bytes + layout::kAlignment]);
+        if (!mem)
+          return make_status(StatusCode::kOutOfMemory, "allocating ", bytes, " bytes for layer ", l, "'s pool");
+        std::memset(mem.get(), 0, bytes + layout::kAlignment);
+        const auto addr = reinterpret_cast<uintptr_t>(mem.get());
+        const uintptr_t a = static_cast<uintptr_t>(layout::kAlignment);
+        bases_.push_back(reinterpret_cast<uint8_t*>((addr + a - 1) / a * a));
+        storage_.push_back(std::move(mem));
+      }
+      layouts_ = plan.layouts;
+      formats_ = plan.formats;
+    } catch (const std::bad_alloc&) {
+      return make_status(StatusCode::kOutOfMemory, "allocating the cache");
+    }
+    num_pages_ = plan.num_pages;
+    config_ = config;
+    return Status::ok();
+  }
+  [[nodiscard]] void* layer_pages(int32_t layer) const noexcept override { return bases_[static_cast<size_t>(layer)]; }
+  [[nodiscard]] bool device_memory() const noexcept override { return false; }
+  // Host rows: every value must be finite (kNonFinite naming the first that is not).
+  [[nodiscard]] Status check_rows(int32_t, bool value_side, const ConstView& v) noexcept override {
+    const char* name = value_side ? "values" : "keys";
+    for (int64_t t = 0; t < v.dim0; ++t)
+      for (int32_t h = 0; h < v.dim1; ++h)
+        for (int32_t j = 0; j < v.head_dim; ++j) {
+          const float x = load_as_float(v.data, v.offset(t, h) + j, v.dtype);
+          if (!std::isfinite(x)) return make_status(StatusCode::kNonFinite, name, "[", t, "][", h, "][", j, "] = ", x);
+        }
+    return Status::ok();
+  }
+  [[nodiscard]] Status copy_page(int32_t src, int32_t dst) noexcept override {
+    for (size_t l = 0; l < bases_.size(); ++l) {
+      const int64_t pb = layouts_[l].page_bytes;
+      std::memcpy(bases_[l] + dst * pb, bases_[l] + src * pb, static_cast<size_t>(pb));
+    }
+    return Status::ok();
+  }
+  [[nodiscard]] Status write(const PagedKVCache&, int32_t layer, const ConstView& keys, const ConstView& values,
+                             const int64_t* slots, const int64_t*, int32_t) noexcept override {
+    write_side(layer, false, keys, slots);
+    write_side(layer, true, values, slots);
+    return Status::ok();
+  }
+  [[nodiscard]] Status attention(const PagedKVCache& cache, const int64_t* seq_ids, int32_t num_seqs, int32_t layer,
+                                 const ConstView& q, const View& out, const AttentionOptions& opt) noexcept override {
+    int32_t max_pages = 0, max_len = 0;
+    TQ_RETURN_IF_ERROR(cache.batch_extent(seq_ids, num_seqs, layer, &max_pages, &max_len));
+    max_pages = std::max(max_pages, 1);
+    std::vector<int32_t> table, lens;
+    try {
+      table.resize(static_cast<size_t>(num_seqs) * static_cast<size_t>(max_pages));
+      lens.resize(static_cast<size_t>(num_seqs));
+    } catch (const std::bad_alloc&) {
+      return make_status(StatusCode::kOutOfMemory, "building the batch block table");
+    }
+    TQ_RETURN_IF_ERROR(cache.fill_batch(seq_ids, num_seqs, layer, max_pages, table.data(), lens.data()));
+    PagedCache c{};
+    c.pages = bases_[static_cast<size_t>(layer)];
+    c.num_pages = num_pages_;
+    c.layout = layouts_[static_cast<size_t>(layer)];
+    c.block_table = table.data();
+    c.max_pages_per_seq = max_pages;
+    c.seq_lens = lens.data();
+    c.num_seqs = num_seqs;
+    if (cache.is_compressed(layer)) {
+      cpu::DecodeAttentionArgs a{};
+      a.format = formats_[static_cast<size_t>(layer)];
+      a.q = q;
+      a.cache = c;
+      a.out = out;
+      a.lse = opt.lse;
+      a.softmax_scale = opt.softmax_scale;
+      a.sliding_window = opt.sliding_window;
+      a.logit_softcap = opt.logit_softcap;
+      return cpu::decode_attention(a);
+    }
+    return raw_attention(layer, c, q, out, opt);
+  }
+
+ private:
   // Writes one side of checked rows into their slots: cpu::encode for a coded side, raw fp16 else.
   void write_side(int32_t layer, bool value_side, const ConstView& rows, const int64_t* slots) noexcept {
-    const Format& f = format(layer);
+    const Format& f = formats_[static_cast<size_t>(layer)];
     const CodecSpec& c = value_side ? f.value : f.key;
-    const layout::PageLayout& l = layout(layer);
+    const layout::PageLayout& l = layouts_[static_cast<size_t>(layer)];
     uint8_t* base = bases_[static_cast<size_t>(layer)];
     if (c.bits > 0) {
       cpu::EncodeArgs e{};
       e.codec = c;
       e.input = rows;
       e.paged.pages = base;
-      e.paged.num_pages = plan_.num_pages;
+      e.paged.num_pages = num_pages_;
       e.paged.layout = l;
       e.paged.value_side = value_side;
       e.paged.slot_mapping = slots;
@@ -709,7 +944,7 @@ class PagedKVCache {
     const double scale = cpu::detail::resolve_softmax_scale(opt.softmax_scale, d);
     const double cap = opt.logit_softcap;
     const layout::PageLayout& l = c.layout;
-    const DType raw = format(layer).raw_dtype;
+    const DType raw = formats_[static_cast<size_t>(layer)].raw_dtype;
     double x[kMaxHeadDim], acc[kMaxHeadDim];
     for (int32_t s = 0; s < c.num_seqs; ++s) {
       const int32_t len = c.seq_lens[s];
@@ -755,12 +990,17 @@ class PagedKVCache {
   }
 
   KVCacheConfig config_{};
-  KVCachePlan plan_{};
+  int64_t num_pages_ = 0;
+  std::vector<Format> formats_;
+  std::vector<layout::PageLayout> layouts_;
   std::vector<std::unique_ptr<uint8_t[]>> storage_;  // [layers], owned
   std::vector<uint8_t*> bases_;                      // [layers], 16-byte aligned
-  std::vector<int32_t> ref_counts_;                  // [num_pages]
-  std::vector<int32_t> free_pages_;                  // stack; capacity num_pages
-  std::unordered_map<int64_t, Sequence> seqs_;
 };
+
+inline Status PagedKVCache::create(const KVCacheConfig& config, PagedKVCache* out) noexcept {
+  std::unique_ptr<KVCacheBackend> backend(new (std::nothrow) CpuKVCacheBackend());
+  if (!backend) return make_status(StatusCode::kOutOfMemory, "allocating the CPU backend");
+  return create(config, std::move(backend), out);
+}
 
 }  // namespace turboquant

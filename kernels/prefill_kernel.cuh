@@ -1,0 +1,780 @@
+// Chunked-prefill attention on the packed, paged cache (turboquant/cuda/prefill.hpp): the attention
+// kernel (tensor cores on fp16 tiles dequantised into shared memory) and the combine kernel
+// (log-sum-exp merge of the parts, inverse value RHT of the prefix part, output). Private to
+// turboquant::cuda; instantiated by kernels/prefill_d<HeadDim>.cu from kernels/prefill_instances.inc.
+//
+// Attention kernel, grid (row_tiles, kv_heads * parts, num_seqs), 4 warps:
+//   - a CTA owns 64 query rows of one (sequence s, KV head kv): row r of row tile x is the pair
+//     (token i, head-in-group hg) with i * group + hg = 64 x + r, so one pass over the keys serves
+//     the whole GQA group; warp w owns rows [16 w, 16 w + 16);
+//   - part p < num_splits: the cached keys of split p (the rows' attended range of the cache, in
+//     32-token tiles, divided evenly over the splits), queries rotated with the keys' RHT, values
+//     accumulated in their rotated domain; part p == num_splits (kFresh only): the chunk's own K/V
+//     (f16 | bf16 rows), queries and values as given;
+//   - prologue: the (rotated) queries of the 64 rows, normalised by their largest coordinate
+//     (factor = largest * softmax_scale), fp16 in shared memory [64][HeadDim + 8];
+//   - per 32-token tile: every thread stores the codes it loaded (registers, issued one tile ahead)
+//     as fp16 rows of shared memory K [32][HeadDim + 8] (levels) and V [32][HeadDim + 8]
+//     (level * value scale), the key scales as fp32; then each warp computes
+//       S = Q K^T   HeadDim/16 k-steps x 4 n-tiles of mma.m16n8k16 (A = Q by ldmatrix.x4,
+//                   B = K rows by ldmatrix.x4), logit = S * key_scale * factor (fp32), soft cap,
+//                   causal / window mask only on the tiles that need it, online softmax (log2);
+//       O += P V    2 k-steps x HeadDim/8 n-tiles (A = P from the S accumulators as fp16,
+//                   B = V rows by ldmatrix.x4.trans);
+//   - epilogue: the unnormalised O, max and sum of each row go to the partials.
+// The +8 halves of a shared row make a row 16 bytes longer than a multiple of 128: the 8 row
+// addresses of one ldmatrix phase fall on distinct bank groups.
+//
+// Combine kernel: one row (token, query head) per VectorLayout<HeadDim>::kLanes lanes: merges the
+// prefix parts by log-sum-exp, applies x = s * H y / sqrt(d) (value signs, device::walsh_hadamard),
+// adds the chunk part (kFresh), divides by the sum and writes out and lse.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "prefill_fragments.hpp"
+#include "prefill_params.hpp"
+#include "turboquant/cuda/prefill.hpp"
+#include "turboquant/device/common.cuh"
+#include "turboquant/device/rht.cuh"
+#include "turboquant/numeric.hpp"
+#include "turboquant/rht.hpp"
+#include "turboquant/signs.hpp"
+
+namespace turboquant::cuda::detail {
+namespace prefill_kernel {
+
+using device::kFullWarpMask;
+using device::kWarpSize;
+
+// ---- mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 and ldmatrix ------------------------------
+// Fragments (PTX ISA, "Matrix fragments for mma.m16n8k16"); lane = 4 g + q (g = group, q = quad):
+//   A 16x16 (row-major): a0 = A[g][2q + {0,1}], a1 = A[g + 8][2q + {0,1}],
+//                        a2 = A[g][8 + 2q + {0,1}], a3 = A[g + 8][8 + 2q + {0,1}];
+//   B 16x8 (k x n):      b0 = B[2q + {0,1}][g], b1 = B[8 + 2q + {0,1}][g];
+//   C 16x8:              c0, c1 = C[g][2q + {0,1}], c2, c3 = C[g + 8][2q + {0,1}].
+// ldmatrix.m8n8.x4.b16: lane t gives the address of row t % 8 of matrix t / 8 (8 contiguous 16-bit
+// elements, 16-byte aligned); register i of lane 4 g + q receives matrix i's elements
+// (row g, columns 2q, 2q + 1); with .trans, (rows 2q, 2q + 1, column g).
+// Hence, with row-major shared tiles:
+//   Q (rows x coords):  A of k-step kk <- matrices (rows 0-7 | 8-15) x (coords 16 kk + 0-7 | 8-15):
+//                       matrix i = rows 8 (i & 1) + [0, 8), coords 16 kk + 8 (i >> 1) + [0, 8);
+//   K (tokens x coords): B of S (k = coord, n = token) is K[token = g][coord = 2q + e]: a
+//                       non-transposed load; for n-tiles 2np, 2np + 1 of k-step kk, matrix i =
+//                       tokens 8 (2np + (i >> 1)) + [0, 8), coords 16 kk + 8 (i & 1) + [0, 8) ->
+//                       registers {b0, b1} of n-tile 2np, then of 2np + 1;
+//   V (tokens x coords): B of P.V (k = token, n = coord) is V[token = 2q + e][coord = g]: a
+//                       transposed load; for k-step j and n-tiles 2np, 2np + 1, matrix i =
+//                       tokens 16 j + 8 (i & 1) + [0, 8), coords 8 (2np + (i >> 1)) + [0, 8);
+//   P: the S accumulators of n-tiles 2j, 2j + 1 are exactly the A fragment of P.V k-step j:
+//      a0 = (c0, c1) of 2j, a1 = (c2, c3) of 2j, a2 = (c0, c1) of 2j + 1, a3 = (c2, c3) of 2j + 1.
+inline constexpr int kMmaM = 16;
+inline constexpr int kMmaN = 8;
+inline constexpr int kMmaK = 16;
+inline constexpr int kQuads = 4;
+inline constexpr int kMatrixRows = 8;  // of one ldmatrix matrix
+
+inline constexpr int kWarps = kPrefillWarps;
+inline constexpr int kThreads = kWarps * kWarpSize;
+inline constexpr int kRows = kPrefillRowsPerCta;
+inline constexpr int kTile = kPrefillTileTokens;
+static_assert(kRows == kWarps * kMmaM, "one m-tile of query rows per warp");
+inline constexpr int kSTiles = kTile / kMmaN;   // n-tiles of S per tile: 4
+inline constexpr int kPVSteps = kTile / kMmaK;  // k-steps of P.V per tile: 2
+static_assert(kSTiles % 2 == 0, "K rows are loaded for two n-tiles at once");
+
+inline constexpr float kLog2e = 1.44269504088896340736f;
+inline constexpr float kLn2 = 0.69314718055994530942f;
+inline constexpr float kNegInf = -__builtin_huge_valf();
+inline constexpr int kElementBytes = 2;         // f16 / bf16
+inline constexpr int kElementsPerVector = 8;    // one 16-byte access of f16 / bf16
+inline constexpr int kSegmentCoords = 32;       // codes a loader job dequantises: Bits words
+inline constexpr int kMaxSegmentWords = 4;      // 32 codes of 4 bits
+inline constexpr int kLevelEntries = 16;        // 2^kMaxBits
+inline constexpr int kCombineThreads = 128;
+
+[[nodiscard]] TQ_HOST_DEVICE constexpr int lowest_bit(int x) { return x & -x; }
+[[nodiscard]] TQ_HOST_DEVICE constexpr int min_int(int a, int b) { return a < b ? a : b; }
+
+template <int HeadDim>
+struct Geometry {
+  static_assert(HeadDim % kSegmentCoords == 0 && HeadDim % kMmaK == 0, "head_dim must be a multiple of 32");
+  static constexpr int kStride = HeadDim + kElementsPerVector;  // halves per shared row
+  static constexpr int kKSteps = HeadDim / kMmaK;                // S mmas per n-tile
+  static constexpr int kDTiles = HeadDim / kMmaN;                // O n-tiles
+  static_assert(kDTiles % 2 == 0, "V rows are loaded for two n-tiles at once");
+  static constexpr int kSegmentsPerRow = HeadDim / kSegmentCoords;
+  static constexpr int kTileSegments = kTile * kSegmentsPerRow;   // per side
+  static constexpr int kJobs = 2 * kTileSegments / kThreads;      // coded loader jobs per thread
+  static_assert(2 * kTileSegments % kThreads == 0 && kTileSegments % kWarpSize == 0, "whole jobs, side warp-uniform");
+  static constexpr int kVectorsPerRow = HeadDim / kElementsPerVector;
+  static constexpr int kDenseVectors = kTile * kVectorsPerRow / kThreads;  // per side and thread
+  static_assert(kTile * kVectorsPerRow % kThreads == 0, "whole dense vectors per thread");
+
+  // Shared memory (bytes): Q [kRows][kStride], K [kTile][kStride], V [kTile][kStride] fp16; key
+  // scales [kTile], row factors [kRows], level tables 2 x [16] fp32; token flags [kTile] int.
+  static constexpr size_t kQBytes = sizeof(__half) * kRows * kStride;
+  static constexpr size_t kTileBytes = sizeof(__half) * kTile * kStride;
+  static constexpr size_t kSmemBytes = kQBytes + 2 * kTileBytes + sizeof(float) * (kTile + kRows + 2 * kLevelEntries) +
+                                       sizeof(int) * kTile;
+};
+
+// ---- small device helpers ----------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t half2_bits(float low, float high) {
+  const __half2 h = __floats2half2_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address)
+               : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half* p) {
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address)
+               : "memory");
+}
+
+template <DType T>
+__device__ __forceinline__ float element_to_float(uint32_t bits16) {
+  if constexpr (T == DType::kF16) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
+  } else {
+    return __uint_as_float(bits16 << 16);
+  }
+}
+
+template <DType T>
+__device__ __forceinline__ uint32_t pack_elements(float low, float high) {
+  if constexpr (T == DType::kF16) {
+    return half2_bits(low, high);
+  } else {
+    const __nv_bfloat162 b = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&b);
+  }
+}
+
+// Sign of coordinate i: bit i of the RHT diagonal.
+__device__ __forceinline__ bool negated(const SignBits& s, int i) { return (s.words[i / 64] >> (i % 64)) & 1u; }
+
+// Bytes [p, p + 4 Words) of read-only global memory as words; Align (>= 4) is what the caller
+// guarantees for p.
+template <int Words, int Align>
+__device__ __forceinline__ void load_words(const uint8_t* p, uint32_t (&w)[kMaxSegmentWords]) {
+  constexpr int kBytes = Words * 4;
+  if constexpr (Align >= 16 && kBytes % 16 == 0) {
+#pragma unroll
+    for (int i = 0; i < kBytes / 16; ++i) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      w[4 * i] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (Align >= 8 && kBytes % 8 == 0) {
+#pragma unroll
+    for (int i = 0; i < kBytes / 8; ++i) {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + i);
+      w[2 * i] = v.x;
+      w[2 * i + 1] = v.y;
+    }
+  } else {
+    static_assert(Align >= 4, "code segments are at least 4-byte aligned");
+#pragma unroll
+    for (int i = 0; i < Words; ++i) w[i] = __ldg(reinterpret_cast<const unsigned int*>(p) + i);
+  }
+}
+
+// Code j of a little-endian stream of Bits-bit codes (j a compile-time constant after unrolling).
+template <int Bits>
+__device__ __forceinline__ uint32_t code_at(const uint32_t (&w)[kMaxSegmentWords], int j) {
+  const int bit = j * Bits;
+  const int word = bit / 32, offset = bit % 32;
+  uint32_t v;
+  if (offset + Bits <= 32) {
+    v = w[word] >> offset;
+  } else {
+    v = __funnelshift_r(w[word], w[word + 1], offset);
+  }
+  return v & ((1u << Bits) - 1u);
+}
+
+__device__ __forceinline__ float load_scale(const uint8_t* plane, int row, NormStorage norm) {
+  if (norm == NormStorage::kF32) return __ldg(reinterpret_cast<const float*>(plane) + row);
+  return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(plane) + row)));
+}
+
+// ---- the CTA's view of its work ----------------------------------------------------------------------
+
+struct Work {
+  int seq, kv, part, tile;
+  int q0;          // query_start[seq]
+  int n;           // queries of the sequence
+  int prefix;      // P_s (may be negative in kAppended with a short seq_lens entry)
+  int kv_len;      // keys of the source: cached tokens (prefix parts) or n (chunk part)
+  int key_base;    // position of source key 0: 0 (cache) or P (chunk)
+  int rows;        // valid rows of the tile (<= kRows)
+  int pos_min, pos_max;  // positions of the tile's first and last valid rows
+  bool chunk;      // the chunk part (kFresh)
+};
+
+// Source of K/V tiles: the coded cache of one (sequence, KV head).
+template <int HeadDim, int KeyBits, int ValueBits>
+struct CodedSource {
+  using G = Geometry<HeadDim>;
+  static constexpr int kKeyRowBytes = HeadDim * KeyBits / 8;
+  static constexpr int kValueRowBytes = HeadDim * ValueBits / 8;
+  static constexpr int kKeySegAlign = min_int(min_int(lowest_bit(kKeyRowBytes), lowest_bit(4 * KeyBits)), 16);
+  static constexpr int kValueSegAlign = min_int(min_int(lowest_bit(kValueRowBytes), lowest_bit(4 * ValueBits)), 16);
+
+  uint32_t words[G::kJobs][kMaxSegmentWords];
+  float scale[G::kJobs];
+  bool ok[G::kJobs];
+  int t0;
+
+  // Job jj of this thread: job = threadIdx.x + jj * kThreads; K segment `job` or V segment
+  // `job - kTileSegments`; segment s = token (s / kSegmentsPerRow) of the tile, coordinates
+  // [32 c, 32 c + 32), c = s % kSegmentsPerRow.
+  __device__ __forceinline__ void load(const PrefillParams& p, const Work& w, int tile_t0) {
+    t0 = tile_t0;
+    const int64_t capacity_pages = p.max_pages_per_seq;
+#pragma unroll
+    for (int jj = 0; jj < G::kJobs; ++jj) {
+      const int job = threadIdx.x + jj * kThreads;
+      const bool value = job >= G::kTileSegments;
+      const int s = value ? job - G::kTileSegments : job;
+      const int token = t0 + s / G::kSegmentsPerRow, c = s % G::kSegmentsPerRow;
+      const int slot = token / p.page_size;
+      int page = -1;
+      if (token < w.kv_len && slot < capacity_pages)
+        page = __ldg(p.block_table + static_cast<int64_t>(w.seq) * p.max_pages_per_seq + slot);
+      ok[jj] = page >= 0 && page < p.num_pages;
+#pragma unroll
+      for (int i = 0; i < kMaxSegmentWords; ++i) words[jj][i] = 0u;
+      scale[jj] = 0.0f;
+      if (!ok[jj]) continue;
+      const int row = token - slot * p.page_size;
+      const uint8_t* head = p.pages + page * p.page_bytes + w.kv * p.head_bytes;
+      if (value) {
+        load_words<ValueBits, kValueSegAlign>(
+            head + p.value_codes_offset + static_cast<int64_t>(row) * kValueRowBytes + c * 4 * ValueBits, words[jj]);
+        scale[jj] = load_scale(head + p.value_scales_offset, row, p.value_norm);
+      } else {
+        load_words<KeyBits, kKeySegAlign>(
+            head + p.key_codes_offset + static_cast<int64_t>(row) * kKeyRowBytes + c * 4 * KeyBits, words[jj]);
+        scale[jj] = load_scale(head + p.key_scales_offset, row, p.key_norm);
+      }
+    }
+  }
+
+  // Dequantises the loaded segments into the shared tiles; returns whether every token this thread
+  // saw is valid.
+  __device__ __forceinline__ bool store(__half* k_s, __half* v_s, float* key_scale, int* token_ok,
+                                        const float* key_levels, const float* value_levels) const {
+    bool all_ok = true;
+#pragma unroll
+    for (int jj = 0; jj < G::kJobs; ++jj) {
+      const int job = threadIdx.x + jj * kThreads;
+      const bool value = job >= G::kTileSegments;
+      const int s = value ? job - G::kTileSegments : job;
+      const int token = s / G::kSegmentsPerRow, c = s % G::kSegmentsPerRow;
+      all_ok = all_ok && ok[jj];
+      uint32_t h[kSegmentCoords / 2];
+      if (value) {
+        const float sc = ok[jj] ? scale[jj] : 0.0f;  // an invalid token's V is zero: P = 0 times it stays 0
+#pragma unroll
+        for (int j = 0; j < kSegmentCoords / 2; ++j)
+          h[j] = half2_bits(value_levels[code_at<ValueBits>(words[jj], 2 * j)] * sc,
+                            value_levels[code_at<ValueBits>(words[jj], 2 * j + 1)] * sc);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kSegmentCoords / 2; ++j)
+          h[j] = half2_bits(key_levels[code_at<KeyBits>(words[jj], 2 * j)],
+                            key_levels[code_at<KeyBits>(words[jj], 2 * j + 1)]);
+        if (c == 0) {
+          key_scale[token] = ok[jj] ? scale[jj] : 0.0f;
+          token_ok[token] = ok[jj] ? 1 : 0;
+        }
+      }
+      uint4* dst = reinterpret_cast<uint4*>((value ? v_s : k_s) + token * G::kStride + c * kSegmentCoords);
+#pragma unroll
+      for (int i = 0; i < kSegmentCoords / kElementsPerVector; ++i)
+        dst[i] = make_uint4(h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]);
+    }
+    return all_ok;
+  }
+};
+
+// Source of K/V tiles: the chunk's own rows (f16 | bf16) of one (sequence, KV head).
+template <int HeadDim, DType QType>
+struct ChunkSource {
+  using G = Geometry<HeadDim>;
+  uint4 key[G::kDenseVectors];
+  uint4 value[G::kDenseVectors];
+  bool ok[G::kDenseVectors];
+
+  // Vector jj of this thread: v = threadIdx.x + jj * kThreads, token v / kVectorsPerRow of the
+  // tile, elements [8 c, 8 c + 8), c = v % kVectorsPerRow (both sides).
+  __device__ __forceinline__ void load(const PrefillParams& p, const Work& w, int tile_t0) {
+#pragma unroll
+    for (int jj = 0; jj < G::kDenseVectors; ++jj) {
+      const int v = threadIdx.x + jj * kThreads;
+      const int token = tile_t0 + v / G::kVectorsPerRow, c = v % G::kVectorsPerRow;
+      ok[jj] = token < w.kv_len;
+      key[jj] = value[jj] = make_uint4(0u, 0u, 0u, 0u);
+      if (!ok[jj]) continue;
+      const int64_t row = static_cast<int64_t>(w.q0) + token;
+      const auto* k = static_cast<const uint8_t*>(p.chunk_keys) +
+                      (row * p.chunk_keys_stride0 + static_cast<int64_t>(w.kv) * p.chunk_keys_stride1) * kElementBytes;
+      const auto* vv = static_cast<const uint8_t*>(p.chunk_values) +
+                       (row * p.chunk_values_stride0 + static_cast<int64_t>(w.kv) * p.chunk_values_stride1) * kElementBytes;
+      key[jj] = __ldg(reinterpret_cast<const uint4*>(k) + c);
+      value[jj] = __ldg(reinterpret_cast<const uint4*>(vv) + c);
+    }
+  }
+
+  __device__ static __forceinline__ uint4 to_half(uint4 x) {
+    if constexpr (QType == DType::kF16) {
+      return x;
+    } else {
+      uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        w[i] = half2_bits(element_to_float<QType>(w[i] & 0xffffu), element_to_float<QType>(w[i] >> 16));
+      return make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+
+  __device__ __forceinline__ bool store(__half* k_s, __half* v_s, float* key_scale, int* token_ok, const float*,
+                                        const float*) const {
+    bool all_ok = true;
+#pragma unroll
+    for (int jj = 0; jj < G::kDenseVectors; ++jj) {
+      const int v = threadIdx.x + jj * kThreads;
+      const int token = v / G::kVectorsPerRow, c = v % G::kVectorsPerRow;
+      all_ok = all_ok && ok[jj];
+      *reinterpret_cast<uint4*>(k_s + token * G::kStride + c * kElementsPerVector) = to_half(key[jj]);
+      *reinterpret_cast<uint4*>(v_s + token * G::kStride + c * kElementsPerVector) = to_half(value[jj]);
+      if (c == 0) {
+        key_scale[token] = ok[jj] ? 1.0f : 0.0f;
+        token_ok[token] = ok[jj] ? 1 : 0;
+      }
+    }
+    return all_ok;
+  }
+};
+
+// Stores the 64 query rows of the CTA into q_s (fp16, normalised by each row's largest coordinate;
+// rotated with the key signs when `rotate`) and factor[r] = largest * softmax_scale (0 for rows
+// past the sequence).
+template <int HeadDim, DType QType>
+__device__ __forceinline__ void load_queries(const PrefillParams& p, const Work& w, bool rotate, __half* q_s,
+                                             float* factor) {
+  using G = Geometry<HeadDim>;
+  using Layout = device::VectorLayout<HeadDim>;
+  constexpr int kRowsPerPass = kThreads / Layout::kLanes;
+  static_assert(kRows % kRowsPerPass == 0, "whole passes");
+  const int lane = threadIdx.x % kWarpSize;
+  const int l = lane % Layout::kLanes;
+#pragma unroll 1
+  for (int pass = 0; pass < kRows / kRowsPerPass; ++pass) {
+    const int r = pass * kRowsPerPass + threadIdx.x / Layout::kLanes;
+    const bool valid = r < w.rows;
+    float x[Layout::kChunks][device::kChunk];
+    if (valid) {
+      const int flat = w.tile * kRows + r;
+      const int i = flat / p.group, hg = flat - (flat / p.group) * p.group;
+      const auto* row = static_cast<const uint8_t*>(p.q) +
+                        ((static_cast<int64_t>(w.q0) + i) * p.q_stride0 +
+                         static_cast<int64_t>(w.kv * p.group + hg) * p.q_stride1) * kElementBytes;
+#pragma unroll
+      for (int u = 0; u < Layout::kChunks; ++u) {
+        const int c = Layout::chunk_index(l, u);
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(row) + c);
+        const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < device::kChunk; ++k) {
+          const float e = element_to_float<QType>(k % 2 ? words[k / 2] >> 16 : words[k / 2] & 0xffffu);
+          x[u][k] = rotate && negated(p.key_signs, c * device::kChunk + k) ? -e : e;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+        for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
+    }
+    if (rotate) {  // CTA-uniform: every lane of the warp shuffles
+      device::walsh_hadamard<HeadDim>(x, lane);
+      const float scale = rht_scale<float>(HeadDim);
+#pragma unroll
+      for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+        for (int k = 0; k < device::kChunk; ++k) x[u][k] *= scale;
+    }
+    float largest = 0.0f;
+#pragma unroll
+    for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+      for (int k = 0; k < device::kChunk; ++k) largest = fmaxf(largest, fabsf(x[u][k]));
+#pragma unroll
+    for (int d = 1; d < Layout::kLanes; d <<= 1) largest = fmaxf(largest, __shfl_xor_sync(kFullWarpMask, largest, d));
+    const float inverse = largest > 0.0f ? 1.0f / largest : 0.0f;
+#pragma unroll
+    for (int u = 0; u < Layout::kChunks; ++u) {
+      const int c = Layout::chunk_index(l, u);
+      uint32_t h[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) h[i] = half2_bits(x[u][2 * i] * inverse, x[u][2 * i + 1] * inverse);
+      *reinterpret_cast<uint4*>(q_s + r * G::kStride + c * device::kChunk) = make_uint4(h[0], h[1], h[2], h[3]);
+    }
+    if (l == 0) factor[r] = valid ? largest * p.softmax_scale : 0.0f;
+  }
+}
+
+// The attention of one CTA over the tiles [tile_begin, tile_end) of `Source`.
+template <int HeadDim, class Source>
+__device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, Source& src, int tile_begin,
+                                       int tile_end, uint8_t* smem) {
+  using G = Geometry<HeadDim>;
+  auto* q_s = reinterpret_cast<__half*>(smem);
+  auto* k_s = reinterpret_cast<__half*>(smem + G::kQBytes);
+  auto* v_s = reinterpret_cast<__half*>(smem + G::kQBytes + G::kTileBytes);
+  auto* key_scale = reinterpret_cast<float*>(smem + G::kQBytes + 2 * G::kTileBytes);
+  float* factor_s = key_scale + kTile;
+  float* key_levels = factor_s + kRows;
+  float* value_levels = key_levels + kLevelEntries;
+  auto* token_ok = reinterpret_cast<int*>(value_levels + kLevelEntries);
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int g = lane / kQuads, q = lane % kQuads;
+  const int window = p.sliding_window;
+
+  // This thread's two rows: rr = 0 -> warp row g, rr = 1 -> g + 8. Attended key positions
+  // [row_lo, row_hi] (row_hi < row_lo: none).
+  int row_lo[2], row_hi[2];
+  float factor[2];
+  bool row_valid[2];
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    const int r = warp * kMmaM + rr * kMatrixRows + g;
+    row_valid[rr] = r < w.rows;
+    const int i = (w.tile * kRows + r) / p.group;
+    prefill_fragments::row_bounds(static_cast<long long>(w.prefix) + i, window, row_valid[rr], &row_lo[rr],
+                                  &row_hi[rr]);
+    factor[rr] = factor_s[r];
+  }
+
+  float acc[G::kDTiles][4];
+#pragma unroll
+  for (int nd = 0; nd < G::kDTiles; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
+  float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};
+
+  src.load(p, w, tile_begin * kTile);
+#pragma unroll 1
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int t0 = tile * kTile;
+    __syncthreads();  // the previous tile's K / V are consumed
+    const bool mine_ok = src.store(k_s, v_s, key_scale, token_ok, key_levels, value_levels);
+    const bool all_ok = __syncthreads_and(mine_ok) != 0;
+    if (tile + 1 < tile_end) src.load(p, w, t0 + kTile);  // in flight during the math below
+
+    // Masking is needed unless every token is valid and inside every row's [lo, hi].
+    const int first_pos = w.key_base + t0;
+    const bool full = prefill_fragments::tile_unmasked(all_ok, first_pos, kTile, w.pos_min, w.pos_max, window);
+
+    // S = Q K^T.
+    float s[kSTiles][4];
+#pragma unroll
+    for (int nt = 0; nt < kSTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < G::kKSteps; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4(a, q_s + prefill_fragments::q_offset(lane, warp, kk, G::kStride));
+#pragma unroll
+      for (int np = 0; np < kSTiles / 2; ++np) {
+        uint32_t b[4];
+        ldmatrix_x4(b, k_s + prefill_fragments::k_offset(lane, np, kk, G::kStride));
+        mma_16816(s[2 * np], a, b[0], b[1]);
+        mma_16816(s[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+
+    // Logits (log2 units) and the online softmax; element e of n-tile nt: row rr = e / 2, token
+    // 8 nt + 2 q + e % 2 of the tile.
+    float tile_max[2] = {kNegInf, kNegInf};
+#pragma unroll
+    for (int nt = 0; nt < kSTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int rr = e / 2, token = nt * kMmaN + 2 * q + e % 2;
+        float z = s[nt][e] * key_scale[token] * factor[rr];
+        if (p.logit_softcap > 0.0f) z = p.logit_softcap * tanhf(z / p.logit_softcap);
+        z *= kLog2e;
+        if (!full) {
+          const int kp = first_pos + token;
+          if (!(token_ok[token] && kp >= row_lo[rr] && kp <= row_hi[rr])) z = kNegInf;
+        }
+        s[nt][e] = z;
+        tile_max[rr] = fmaxf(tile_max[rr], z);
+      }
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      tile_max[rr] = fmaxf(tile_max[rr], __shfl_xor_sync(kFullWarpMask, tile_max[rr], 1));
+      tile_max[rr] = fmaxf(tile_max[rr], __shfl_xor_sync(kFullWarpMask, tile_max[rr], 2));
+      const float m_new = fmaxf(m_run[rr], tile_max[rr]);
+      m_use[rr] = m_new == kNegInf ? 0.0f : m_new;  // nothing attended yet: keep exp2 finite
+      alpha[rr] = exp2f(m_run[rr] - m_use[rr]);
+      m_run[rr] = m_new;
+      l_run[rr] *= alpha[rr];
+    }
+#pragma unroll
+    for (int nd = 0; nd < G::kDTiles; ++nd) {
+      acc[nd][0] *= alpha[0];
+      acc[nd][1] *= alpha[0];
+      acc[nd][2] *= alpha[1];
+      acc[nd][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kSTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float pr = exp2f(s[nt][e] - m_use[e / 2]);
+        s[nt][e] = pr;
+        l_run[e / 2] += pr;
+      }
+
+    // O += P V.
+#pragma unroll
+    for (int j = 0; j < kPVSteps; ++j) {
+      const uint32_t a[4] = {half2_bits(s[2 * j][0], s[2 * j][1]), half2_bits(s[2 * j][2], s[2 * j][3]),
+                             half2_bits(s[2 * j + 1][0], s[2 * j + 1][1]), half2_bits(s[2 * j + 1][2], s[2 * j + 1][3])};
+#pragma unroll
+      for (int np = 0; np < G::kDTiles / 2; ++np) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, v_s + prefill_fragments::v_offset(lane, j, np, G::kStride));
+        mma_16816(acc[2 * np], a, b[0], b[1]);
+        mma_16816(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  // Partials: row (token q0 + i, head kv * group + hg), coordinates 8 nd + 2 q + {0, 1}.
+#pragma unroll
+  for (int rr = 0; rr < 2; ++rr) {
+    l_run[rr] += __shfl_xor_sync(kFullWarpMask, l_run[rr], 1);
+    l_run[rr] += __shfl_xor_sync(kFullWarpMask, l_run[rr], 2);
+    if (!row_valid[rr]) continue;
+    const int r = warp * kMmaM + rr * kMatrixRows + g;
+    const int flat = w.tile * kRows + r;
+    const int i = flat / p.group, hg = flat - i * p.group;
+    const int64_t v = (static_cast<int64_t>(w.q0) + i) * p.q_heads + w.kv * p.group + hg;
+    const int64_t at = v * p.parts + w.part;
+    float* out = p.partial_out + at * HeadDim;
+#pragma unroll
+    for (int nd = 0; nd < G::kDTiles; ++nd)
+      *reinterpret_cast<float2*>(out + nd * kMmaN + 2 * q) = make_float2(acc[nd][2 * rr], acc[nd][2 * rr + 1]);
+    if (q == 0) reinterpret_cast<float2*>(p.partial_max_sum)[at] = make_float2(m_run[rr], l_run[rr]);
+  }
+}
+
+template <int HeadDim>
+inline constexpr int kMinCtasPerSm = prefill_ctas_per_sm(HeadDim);
+
+template <int HeadDim, int KeyBits, int ValueBits, DType QType>
+__global__ void __launch_bounds__(kThreads, kMinCtasPerSm<HeadDim>)
+    prefill_attention_kernel(const __grid_constant__ PrefillParams p) {
+  using G = Geometry<HeadDim>;
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* factor_s = reinterpret_cast<float*>(smem + G::kQBytes + 2 * G::kTileBytes) + kTile;
+  float* key_levels = factor_s + kRows;
+  float* value_levels = key_levels + kLevelEntries;
+
+  Work w;
+  w.tile = blockIdx.x;
+  w.kv = blockIdx.y / p.parts;
+  w.part = blockIdx.y - w.kv * p.parts;
+  w.seq = blockIdx.z;
+  w.chunk = p.fresh && w.part == p.num_splits;
+  w.q0 = __ldg(p.query_start + w.seq);
+  int n = __ldg(p.query_start + w.seq + 1) - w.q0;
+  n = n < 0 ? 0 : (n > p.max_query_len ? p.max_query_len : n);
+  w.n = n;
+  const int total_rows = n * p.group;
+  if (w.tile * kRows >= total_rows) return;  // CTA-uniform
+  w.rows = min(kRows, total_rows - w.tile * kRows);
+
+  const int64_t capacity = static_cast<int64_t>(p.max_pages_per_seq) * p.page_size;
+  const int64_t raw_len = __ldg(p.seq_lens + w.seq);
+  const int len = static_cast<int>(raw_len < 0 ? 0 : (raw_len > capacity ? capacity : raw_len));
+  w.prefix = p.fresh ? len : len - n;
+  w.kv_len = w.chunk ? n : len;
+  w.key_base = w.chunk ? w.prefix : 0;
+  const int i_min = (w.tile * kRows) / p.group, i_max = (w.tile * kRows + w.rows - 1) / p.group;
+  w.pos_min = w.prefix + i_min;
+  w.pos_max = w.prefix + i_max;
+
+  // The key range of the tile's rows, in tiles of the source, this part's share.
+  const prefill_fragments::TileRange range = prefill_fragments::tile_range(
+      w.pos_min, w.pos_max, p.sliding_window, w.key_base, w.kv_len, kTile, w.part, p.num_splits, !w.chunk);
+  const int tile_begin = range.begin, tile_end = range.end;
+  if (tile_begin >= tile_end) {  // nothing in this part: the combine skips it
+    for (int r = threadIdx.x; r < w.rows; r += kThreads) {
+      const int flat = w.tile * kRows + r;
+      const int i = flat / p.group, hg = flat - i * p.group;
+      const int64_t v = (static_cast<int64_t>(w.q0) + i) * p.q_heads + w.kv * p.group + hg;
+      reinterpret_cast<float2*>(p.partial_max_sum)[v * p.parts + w.part] = make_float2(kNegInf, 0.0f);
+    }
+    return;
+  }
+
+  if (threadIdx.x < kLevelEntries) {
+    key_levels[threadIdx.x] = p.key_levels[threadIdx.x];
+    value_levels[threadIdx.x] = p.value_levels[threadIdx.x];
+  }
+  load_queries<HeadDim, QType>(p, w, !w.chunk, reinterpret_cast<__half*>(smem), factor_s);
+  __syncthreads();
+  if (w.chunk) {
+    ChunkSource<HeadDim, QType> src;
+    attend<HeadDim>(p, w, src, tile_begin, tile_end, smem);
+  } else {
+    CodedSource<HeadDim, KeyBits, ValueBits> src;
+    attend<HeadDim>(p, w, src, tile_begin, tile_end, smem);
+  }
+}
+
+// One row v = token * q_heads + head per Layout::kLanes lanes.
+template <int HeadDim, DType QType>
+__global__ void __launch_bounds__(kCombineThreads) prefill_combine_kernel(const __grid_constant__ PrefillParams p) {
+  using Layout = device::VectorLayout<HeadDim>;
+  constexpr int kRowsPerBlock = kCombineThreads / Layout::kLanes;
+  const int lane = threadIdx.x % kWarpSize;
+  const int l = lane % Layout::kLanes;
+  const int64_t v = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / Layout::kLanes;
+  const bool active = v < p.total_tokens * p.q_heads;  // inactive lanes still join the shuffles
+  const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + (active ? v : 0) * p.parts;
+  const float* partial = p.partial_out + (active ? v : 0) * p.parts * HeadDim;
+
+  float m = kNegInf;
+  if (active)
+    for (int s = 0; s < p.parts; ++s) m = fmaxf(m, max_sum[s].x);
+  float x[Layout::kChunks][device::kChunk];
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+    for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
+  float sum = 0.0f;
+  auto add_part = [&](int s) {
+    const float2 ms = max_sum[s];
+    if (ms.x == kNegInf) return;  // empty part: its partial_out may be unwritten
+    const float weight = exp2f(ms.x - m);
+    sum += weight * ms.y;
+#pragma unroll
+    for (int u = 0; u < Layout::kChunks; ++u) {
+      const float* at = partial + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk;
+      const float4 a = *reinterpret_cast<const float4*>(at);
+      const float4 b = *reinterpret_cast<const float4*>(at + 4);
+      x[u][0] += weight * a.x;
+      x[u][1] += weight * a.y;
+      x[u][2] += weight * a.z;
+      x[u][3] += weight * a.w;
+      x[u][4] += weight * b.x;
+      x[u][5] += weight * b.y;
+      x[u][6] += weight * b.z;
+      x[u][7] += weight * b.w;
+    }
+  };
+  if (active && m != kNegInf)
+    for (int s = 0; s < p.num_splits; ++s) add_part(s);
+  // Prefix parts live in the values' rotated domain: x = s * H y / sqrt(d).
+  device::walsh_hadamard<HeadDim>(x, lane);
+  const float scale = rht_scale<float>(HeadDim);
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+    for (int k = 0; k < device::kChunk; ++k) {
+      const float y = x[u][k] * scale;
+      x[u][k] = negated(p.value_signs, Layout::chunk_index(l, u) * device::kChunk + k) ? -y : y;
+    }
+  if (!active) return;
+  if (p.fresh && m != kNegInf) add_part(p.num_splits);
+  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+  const int64_t token = v / p.q_heads;
+  const auto head = static_cast<int32_t>(v - token * p.q_heads);
+  auto* row = static_cast<uint8_t*>(p.out) + (token * p.out_stride0 + static_cast<int64_t>(head) * p.out_stride1) * kElementBytes;
+#pragma unroll
+  for (int u = 0; u < Layout::kChunks; ++u) {
+    const int c = Layout::chunk_index(l, u);
+    uint32_t h[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = pack_elements<QType>(x[u][2 * i] * inverse, x[u][2 * i + 1] * inverse);
+    *reinterpret_cast<uint4*>(row + c * device::kChunk * kElementBytes) = make_uint4(h[0], h[1], h[2], h[3]);
+  }
+  if (l == 0 && p.lse != nullptr) p.lse[v] = sum > 0.0f ? (m + log2f(sum)) * kLn2 : kNegInf;
+}
+
+}  // namespace prefill_kernel
+
+template <int HeadDim, int KeyBits, int ValueBits, DType QType>
+cudaError_t launch_prefill_attention(const PrefillParams& params, cudaStream_t stream) noexcept {
+  namespace pk = prefill_kernel;
+  using G = pk::Geometry<HeadDim>;
+  static std::atomic<uint64_t> configured{0};
+  const auto kernel = &pk::prefill_attention_kernel<HeadDim, KeyBits, ValueBits, QType>;
+  constexpr size_t kDefaultLimit = 48 * 1024;
+  if (G::kSmemBytes > kDefaultLimit) {
+    int device = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e != cudaSuccess) return e;
+    const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0u;
+    if (bit == 0u || (configured.load(std::memory_order_relaxed) & bit) == 0u) {
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(G::kSmemBytes));
+      if (e != cudaSuccess) return e;
+      if (bit != 0u) configured.fetch_or(bit, std::memory_order_relaxed);
+    }
+  }
+  const dim3 grid(static_cast<unsigned>(params.row_tiles), static_cast<unsigned>(params.kv_heads * params.parts),
+                  static_cast<unsigned>(params.num_seqs));
+  kernel<<<grid, pk::kThreads, G::kSmemBytes, stream>>>(params);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  using Layout = device::VectorLayout<HeadDim>;
+  constexpr int64_t kRowsPerBlock = pk::kCombineThreads / Layout::kLanes;
+  const int64_t rows = params.total_tokens * params.q_heads;
+  pk::prefill_combine_kernel<HeadDim, QType>
+      <<<static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), pk::kCombineThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace turboquant::cuda::detail
+
+// Explicit instances of one list entry (kernels/prefill_instances.inc) for f16 and bf16 queries.
+#define TQ_INSTANTIATE_PREFILL_ATTENTION(HeadDim, KeyBits, ValueBits)                                       \
+  template cudaError_t turboquant::cuda::detail::launch_prefill_attention<HeadDim, KeyBits, ValueBits,      \
+                                                                          turboquant::DType::kF16>(         \
+      const turboquant::cuda::detail::PrefillParams&, cudaStream_t) noexcept;                               \
+  template cudaError_t turboquant::cuda::detail::launch_prefill_attention<HeadDim, KeyBits, ValueBits,      \
+                                                                          turboquant::DType::kBF16>(        \
+      const turboquant::cuda::detail::PrefillParams&, cudaStream_t) noexcept;
