@@ -139,10 +139,19 @@ std::unique_ptr<Setup> make_setup(int64_t batch, int64_t context, int64_t key_bi
   }
   std::uniform_real_distribution<float> scale(0.5f, 1.5f);
   const tq::layout::PageLayout& l = s->layout;
+  std::normal_distribution<float> raw_value;
   for (int64_t p = 0; p < s->num_pages; ++p)
     for (int32_t h = 0; h < kKvHeads; ++h)
       for (int side = 0; side < 2; ++side)
         for (int32_t row = 0; row < kPageSize; ++row) {
+          if ((side == 1 ? value_bits : key_bits) == 0) {  // an uncompressed side: fp16 N(0, 1) values
+            const int64_t at = p * l.page_bytes + tq::layout::codes_offset(l, side == 1, h, row);
+            for (int32_t j = 0; j < kHeadDim; ++j) {
+              const uint16_t bits = tq::float_to_half_bits(raw_value(rng));
+              std::memcpy(&host[static_cast<size_t>(at) + 2 * static_cast<size_t>(j)], &bits, sizeof bits);
+            }
+            continue;
+          }
           const int64_t at = p * l.page_bytes + tq::layout::scales_offset(l, side == 1, h, row);
           const uint16_t bits = tq::float_to_half_bits(scale(rng));
           std::memcpy(&host[static_cast<size_t>(at)], &bits, sizeof bits);
@@ -375,7 +384,7 @@ void sweep(benchmark::internal::Benchmark* b) {
 
 void shapes(benchmark::internal::Benchmark* b) {
   const int64_t batch_context[][2] = {{32, 16384}, {1, 131072}, {1, 32768}, {32, 4096}};
-  const int64_t bits[][2] = {{4, 4}, {3, 3}, {2, 2}};
+  const int64_t bits[][2] = {{4, 4}, {3, 3}, {2, 2}, {4, 0}};  // K4V0: K-only layers (the generic kernel)
   for (const auto& kv : bits)
     for (const auto& bc : batch_context) b->Args({bc[0], bc[1], kv[0], kv[1]});
   b->ArgNames({"batch", "context", "kbits", "vbits"});

@@ -894,13 +894,15 @@ __global__ void __launch_bounds__(kMergeThreads)
 #pragma unroll
       for (int k = 0; k < device::kChunk; ++k) x[u][k] += __shfl_xor_sync(kFullWarpMask, x[u][k], d);
   }
+  // Coded values were accumulated in their rotated domain: x = s * H y / sqrt(d); raw values are
+  // plain (p.value_raw, the generic kernel: value_signs are then zero, so nothing flips below).
   const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
 #pragma unroll
   for (int u = 0; u < Layout::kChunks; ++u)
 #pragma unroll
     for (int k = 0; k < device::kChunk; ++k) x[u][k] *= inverse;
-  device::walsh_hadamard<HeadDim>(x, lane);
-  const float scale = rht_scale<float>(HeadDim);
+  if (!p.value_raw) device::walsh_hadamard<HeadDim>(x, lane);  // warp-uniform
+  const float scale = p.value_raw ? 1.0f : rht_scale<float>(HeadDim);
 #pragma unroll
   for (int u = 0; u < Layout::kChunks; ++u)
 #pragma unroll
@@ -936,6 +938,26 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<uint64_
 
 }  // namespace attention_kernel
 
+// The merge kernel over the split partials of params (one warp per (sequence, query head)), with
+// programmatic dependent launch when params.programmatic_launch.
+template <int HeadDim, DType QType>
+cudaError_t launch_decode_attention_merge(const AttentionParams& params, cudaStream_t stream) noexcept {
+  namespace ak = attention_kernel;
+  cudaLaunchAttribute programmatic{};
+  programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  programmatic.val.programmaticStreamSerializationAllowed = 1;
+  constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / ak::kWarpSize;  // one warp per vector
+  const int64_t vectors = static_cast<int64_t>(params.num_seqs) * params.q_heads;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock));
+  config.blockDim = dim3(ak::kMergeThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = &programmatic;
+  config.numAttrs = params.programmatic_launch ? 1u : 0u;
+  return cudaLaunchKernelEx(&config, &ak::decode_attention_merge_kernel<HeadDim, QType>, params);
+}
+
 template <int HeadDim, int KeyBits, int ValueBits, DType QType>
 cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t stream) noexcept {
   namespace ak = attention_kernel;
@@ -958,12 +980,7 @@ cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t 
   config.numAttrs = params.programmatic_launch ? 1u : 0u;
   e = cudaLaunchKernelEx(&config, split_kernel, params);
   if (e != cudaSuccess) return e;
-  constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / ak::kWarpSize;  // one warp per vector
-  const int64_t vectors = static_cast<int64_t>(params.num_seqs) * params.q_heads;
-  config.gridDim = dim3(static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock));
-  config.blockDim = dim3(ak::kMergeThreads);
-  config.dynamicSmemBytes = 0;
-  return cudaLaunchKernelEx(&config, &ak::decode_attention_merge_kernel<HeadDim, QType>, params);
+  return launch_decode_attention_merge<HeadDim, QType>(params, stream);
 }
 
 }  // namespace turboquant::cuda::detail

@@ -83,6 +83,13 @@ struct AttentionParams {
   float value_levels[kMaxLevels] = {}; // V codebook levels (2^value_bits used)
   SignBits key_signs{};                // RHT diagonal of the keys (rotates the queries)
   SignBits value_signs{};              // RHT diagonal of the values (un-rotates the output)
+
+  // The generic kernel (a side stored uncompressed; attention_generic.cu) reads these at run time;
+  // the main kernel has them as template parameters.
+  int32_t key_bits = 0;                // 0 = raw keys (raw_dtype), else 2..4
+  int32_t value_bits = 0;              // 0 = raw values, else 2..4
+  DType raw_dtype = DType::kF16;       // storage of an uncompressed side
+  bool value_raw = false;              // merge kernel: values are not rotated (no inverse RHT)
 };
 
 // The factor a in [1, 2) (steps of 1/2048) that minimises the largest relative error of the fp16
@@ -96,5 +103,11 @@ struct AttentionParams {
 // kernel and returns the first launch error.
 template <int HeadDim, int KeyBits, int ValueBits, DType QType>
 cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t stream) noexcept;
+
+// The generic split kernel (any side may be stored uncompressed; bits and dtypes read at run time,
+// CUDA cores, one warp lane group per token) + the merge kernel. One instance per HeadDim and QType
+// (kernels/attention_generic.cu). Grid (num_splits, q_heads, num_seqs).
+template <int HeadDim, DType QType>
+cudaError_t launch_generic_attention(const AttentionParams& params, cudaStream_t stream) noexcept;
 
 }  // namespace turboquant::cuda::detail

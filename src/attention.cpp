@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 
+#include "attention_internal.hpp"
 #include "attention_params.hpp"
 #include "cuda_checks.hpp"
 #include "cuda_status.hpp"
@@ -40,6 +41,20 @@ const Entry kKernels[] = {
 };
 #undef TQ_ATTENTION_INSTANCE
 constexpr int32_t kNumKernels = static_cast<int32_t>(sizeof(kKernels) / sizeof(kKernels[0]));
+
+// The generic kernel (a side stored uncompressed), one entry per head_dim and q dtype; key_bits /
+// value_bits of its key are 0 ("any": bits are read at run time).
+#define TQ_GENERIC_INSTANCE(HeadDim)                                                                    \
+  Entry{AttentionKernelKey{HeadDim, 0, 0, DType::kF16}, &detail::launch_generic_attention<HeadDim, DType::kF16>}, \
+      Entry{AttentionKernelKey{HeadDim, 0, 0, DType::kBF16}, &detail::launch_generic_attention<HeadDim, DType::kBF16>},
+const Entry kGenericKernels[] = {TQ_GENERIC_INSTANCE(64) TQ_GENERIC_INSTANCE(128) TQ_GENERIC_INSTANCE(256)};
+#undef TQ_GENERIC_INSTANCE
+
+const Entry* find_generic_kernel(int32_t head_dim, DType q_dtype) noexcept {
+  for (const Entry& e : kGenericKernels)
+    if (e.key.head_dim == head_dim && e.key.q_dtype == q_dtype) return &e;
+  return nullptr;
+}
 
 const Entry* find_kernel(int32_t head_dim, int32_t key_bits, int32_t value_bits, DType q_dtype) noexcept {
   for (const Entry& e : kKernels)
@@ -139,28 +154,33 @@ WorkspaceLayout workspace_layout(const Shape& sh, int32_t splits) noexcept {
 
 // ---- checks -------------------------------------------------------------------------------------------
 // Everything the host can see; on success *sh and *entry describe the call.
-Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexcept {
+// A format with both sides uncompressed is not a valid Format (nothing compressed); the KV cache's
+// plain layers are attended through decode_attention_any_format, which allows it (allow_plain).
+Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool allow_plain = false) noexcept {
   const Format& f = a.format;
-  {
+  const bool plain = allow_plain && f.key.bits == 0 && f.value.bits == 0;
+  if (plain) {
+    if (f.key.head_dim != f.value.head_dim || !is_supported_head_dim(f.key.head_dim))
+      return make_status(StatusCode::kUnsupportedFormat, "format.key.head_dim = ", f.key.head_dim,
+                         ", format.value.head_dim = ", f.value.head_dim, ": must be equal, 64, 128 or 256");
+    if (f.raw_dtype != DType::kF16 && f.raw_dtype != DType::kBF16)
+      return make_status(StatusCode::kUnsupportedFormat, "format.raw_dtype = ", to_string(f.raw_dtype),
+                         ": uncompressed sides are stored as f16 or bf16");
+  } else {
     const Status st = validate(f);
     if (!st.is_ok()) return make_status(st.code(), "format.", st.message());
   }
-  if (f.key.bits == 0)
-    return make_status(StatusCode::kUnsupportedFormat,
-                       "format.key.bits = 0 (uncompressed keys): the CUDA decode attention reads coded keys only");
-  if (f.value.bits == 0)
-    return make_status(StatusCode::kUnsupportedFormat,
-                       "format.value.bits = 0 (uncompressed values, a K-only layer): not built yet in the CUDA "
-                       "decode attention (the CPU reference supports it)");
   const int32_t d = f.head_dim();
   if (a.q.dtype != DType::kF16 && a.q.dtype != DType::kBF16)
     return make_status(StatusCode::kUnsupportedFormat, "q.dtype = ", to_string(a.q.dtype),
                        ": the CUDA decode attention takes f16 or bf16 queries");
-  *entry = find_kernel(d, f.key.bits, f.value.bits, a.q.dtype);
+  // A side stored uncompressed (K-only layers, plain layers): the generic kernel.
+  const bool generic = f.key.bits == 0 || f.value.bits == 0;
+  *entry = generic ? find_generic_kernel(d, a.q.dtype) : find_kernel(d, f.key.bits, f.value.bits, a.q.dtype);
   if (*entry == nullptr)
     return make_status(StatusCode::kUnsupportedFormat, "no decode-attention kernel for head_dim = ", d,
                        ", key.bits = ", f.key.bits, ", value.bits = ", f.value.bits, " (built (head_dim, key_bits, "
-                       "value_bits): ", built_list(), ")");
+                       "value_bits): ", built_list(), ", and a generic kernel for a side stored uncompressed)");
 
   TQ_RETURN_IF_ERROR(checks::vectors("q", a.q, d, kVectorAlignment));
   TQ_RETURN_IF_ERROR(checks::vectors("out", a.out, d, kVectorAlignment));
@@ -171,7 +191,7 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry) noexc
   const PagedCache& c = a.cache;
   const layout::PageLayout& l = c.layout;
   TQ_RETURN_IF_ERROR(detail::check_device_cache(f, c));
-  if (l.page_size % kAttentionChunkTokens != 0)
+  if (!generic && l.page_size % kAttentionChunkTokens != 0)
     return make_status(StatusCode::kUnsupportedFormat, "cache.layout.page_size = ", l.page_size,
                        ": the CUDA decode attention reads ", kAttentionChunkTokens,
                        "-token chunks, page_size must be a multiple of ", kAttentionChunkTokens);
@@ -287,10 +307,13 @@ size_t workspace_bytes(const DecodeAttentionArgs& args) noexcept {
   return workspace_layout(sh, resolve_splits(args, sh)).total();
 }
 
-Status decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaStream_t stream) noexcept {
+namespace {
+
+Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaStream_t stream,
+                            bool allow_plain) noexcept {
   Shape sh;
   const Entry* entry = nullptr;
-  TQ_RETURN_IF_ERROR(check(a, &sh, &entry));
+  TQ_RETURN_IF_ERROR(check(a, &sh, &entry, allow_plain));
   const int32_t splits = resolve_splits(a, sh);
   const WorkspaceLayout wl = workspace_layout(sh, splits);
   if (workspace.bytes < wl.total())
@@ -349,12 +372,36 @@ Status decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaS
     p.key_levels[i] = f.key.codebook.levels[i];
     p.value_levels[i] = f.value.codebook.levels[i];
   }
-  p.key_level_scale = detail::fp16_level_scale(p.key_levels, int32_t{1} << f.key.bits);
+  p.key_level_scale = f.key.bits > 0 ? detail::fp16_level_scale(p.key_levels, int32_t{1} << f.key.bits) : 1.0f;
   p.key_signs = f.key.signs;
-  p.value_signs = f.value.signs;
+  p.value_signs = f.value.bits > 0 ? f.value.signs : SignBits{};  // raw values: nothing to un-rotate
+  p.key_bits = f.key.bits;
+  p.value_bits = f.value.bits;
+  p.raw_dtype = f.raw_dtype;
+  p.value_raw = f.value.bits == 0;
 
   return detail::cuda_status(entry->launch(p, stream), "decode_attention: kernel launch");
 }
+
+}  // namespace
+
+Status decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaStream_t stream) noexcept {
+  return run_decode_attention(a, workspace, stream, false);
+}
+
+namespace detail {
+
+Status can_implement_any_format(const DecodeAttentionArgs& args) noexcept {
+  Shape sh;
+  const Entry* entry = nullptr;
+  return check(args, &sh, &entry, true);
+}
+
+Status decode_attention_any_format(const DecodeAttentionArgs& args, Workspace workspace, cudaStream_t stream) noexcept {
+  return run_decode_attention(args, workspace, stream, true);
+}
+
+}  // namespace detail
 
 int32_t num_attention_kernels() noexcept { return kNumKernels; }
 

@@ -18,6 +18,7 @@
 #include <new>
 #include <vector>
 
+#include "attention_internal.hpp"
 #include "cuda_status.hpp"
 #include "kv_cache_kernels.hpp"
 #include "turboquant/cuda/attention.hpp"
@@ -185,7 +186,6 @@ class CudaKVCacheBackend final : public KVCacheBackend {
     // max_seq_len with the split heuristic (attention falls back to fewer splits if a call needs more).
     for (int32_t l = 0; l < config.layers; ++l) {
       const Format& f = formats_[static_cast<size_t>(l)];
-      if (f.key.bits == 0 || f.value.bits == 0) continue;
       DecodeAttentionArgs a{};
       a.format = f;
       a.q = tensor_view<const void*>(nullptr, DType::kF16, 1, max_q_heads_, config.head_dim);
@@ -291,12 +291,9 @@ class CudaKVCacheBackend final : public KVCacheBackend {
 
   [[nodiscard]] Status attention(const PagedKVCache& cache, const int64_t* seq_ids, int32_t num_seqs, int32_t layer,
                                  const ConstView& q, const View& out, const AttentionOptions& opt) noexcept override {
+    // Coded layers run the fast kernel; K-only / V-only and plain (both sides fp16 / bf16) layers
+    // the generic one (detail::decode_attention_any_format).
     const Format& f = formats_[static_cast<size_t>(layer)];
-    if (f.key.bits == 0 || f.value.bits == 0)
-      return make_status(StatusCode::kUnsupportedFormat, "layer = ", layer, " (key bits ", f.key.bits, ", value bits ",
-                         f.value.bits,
-                         "): the CUDA backend attends only layers with both sides coded (cuda::decode_attention "
-                         "reads no raw fp16/bf16 side)");
     if (num_seqs > opt_.max_batch)
       return make_status(StatusCode::kInvalidArgument, "num_seqs = ", num_seqs,
                          " but CudaKVCacheOptions::max_batch = ", opt_.max_batch);
@@ -326,7 +323,7 @@ class CudaKVCacheBackend final : public KVCacheBackend {
     a.logit_softcap = opt.logit_softcap;
     a.max_seq_len = max_len;
     a.sm_count = sm_count_;
-    TQ_RETURN_IF_ERROR(can_implement(a));
+    TQ_RETURN_IF_ERROR(detail::can_implement_any_format(a));
     if (workspace_bytes(a) > workspace_bytes_) {  // the heuristic wants more splits than sized for
       int32_t splits = decode_attention_splits(a);
       while (splits > 1 && workspace_bytes(a) > workspace_bytes_) a.num_splits = --splits;
@@ -373,7 +370,7 @@ class CudaKVCacheBackend final : public KVCacheBackend {
       lens_mirror_.assign(lens_tmp_.begin(), lens_tmp_.begin() + num_seqs);
       lens_mirror_valid_ = true;
     }
-    return decode_attention(a, Workspace{d_workspace_, workspace_bytes_}, opt_.stream);
+    return detail::decode_attention_any_format(a, Workspace{d_workspace_, workspace_bytes_}, opt_.stream);
   }
 
   [[nodiscard]] Status nonfinite_rows(int64_t* rows) noexcept {

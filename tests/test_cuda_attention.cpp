@@ -140,8 +140,21 @@ HostCase make_case(const Spec& s) {
       slots[t] = static_cast<int64_t>(c.block_table[static_cast<size_t>(seq) * c.max_pages + t / s.page_size]) *
                      s.page_size + t % s.page_size;
     for (int side = 0; side < 2; ++side) {
+      const turboquant::CodecSpec& codec = side ? c.format.value : c.format.key;
+      if (codec.bits == 0) {  // an uncompressed side: raw_dtype rows in the codes plane
+        const std::vector<float>& src = side ? v : k;
+        for (int32_t t = 0; t < len; ++t)
+          for (int32_t h = 0; h < s.kv_heads; ++h) {
+            uint8_t* row = c.pool.data() + slots[t] / s.page_size * c.layout.page_bytes +
+                           layout::codes_offset(c.layout, side == 1, h, static_cast<int32_t>(slots[t] % s.page_size));
+            for (int32_t j = 0; j < s.head_dim; ++j)
+              turboquant::store_from_float(row, j, c.format.raw_dtype,
+                                           src[(static_cast<size_t>(t) * s.kv_heads + h) * s.head_dim + j]);
+          }
+        continue;
+      }
       turboquant::cpu::EncodeArgs e;
-      e.codec = side ? c.format.value : c.format.key;
+      e.codec = codec;
       e.input = turboquant::tensor_view<const void*>(side ? v.data() : k.data(), DType::kF32, len, s.kv_heads,
                                                      s.head_dim);
       e.paged.pages = c.pool.data();
@@ -422,6 +435,40 @@ TEST(CudaAttention, SharpAttentionScaleAndSoftcap) {
 }
 
 // fp32 scales on either side; GQA 16 (two head tiles), 12 and 3; one KV head with many q heads.
+// A side stored uncompressed (K-only layers keep fp16 / bf16 values; V-only the keys): the
+// generic kernel, for every head_dim, both raw dtypes, any page size, window and soft cap.
+TEST(CudaAttention, UncompressedSidesRunTheGenericKernel) {
+  TQ_REQUIRE_DEVICE();
+  const int32_t bits[][2] = {{4, 0}, {0, 4}, {3, 0}, {0, 2}, {2, 0}};
+  for (int32_t d : {64, 128, 256})
+    for (const auto& kv : bits) {
+      Spec s;
+      s.head_dim = d;
+      s.key_bits = kv[0];
+      s.value_bits = kv[1];
+      s.lens = {0, 1, 7, long_len() / 2, 300};
+      s.seed = static_cast<uint64_t>(900 + d + 10 * kv[0] + kv[1]);
+      check_case(s);
+    }
+  Spec s;
+  s.key_bits = 4;
+  s.value_bits = 0;
+  s.page_size = 24;  // any page size for the generic kernel
+  s.window = 50;
+  s.softcap = 5.0f;
+  s.q_scale = 4.0f;
+  s.dtype = DType::kBF16;
+  s.group = 3;
+  s.lens = {0, 49, 51, 333};
+  check_case(s);
+  s.dtype = DType::kF16;
+  s.key_bits = 0;
+  s.value_bits = 3;
+  s.value_norm = NormStorage::kF32;
+  s.num_splits = 7;
+  check_case(s);
+}
+
 TEST(CudaAttention, NormStorageAndGroups) {
   TQ_REQUIRE_DEVICE();
   const NormStorage norms[][2] = {{NormStorage::kF32, NormStorage::kF32},
@@ -604,8 +651,8 @@ std::vector<BadCase> bad_cases(const tqcuda::DecodeAttentionArgs& valid, tqcuda:
       [](BadCase& b) { b.args.format = turboquant::make_format(128, 4, 1); });
   add("unsupported combination (d=128 K1 V1)", StatusCode::kUnsupportedFormat,
       [](BadCase& b) { b.args.format = turboquant::make_format(128, 1, 1); });
-  add("K-only layer (value bits 0)", StatusCode::kUnsupportedFormat,
-      [](BadCase& b) { b.args.format = turboquant::make_format(128, 4, 0); });
+  add("uncompressed keys and values (not a Format)", StatusCode::kUnsupportedFormat,
+      [](BadCase& b) { b.args.format = turboquant::make_format(128, 0, 0); });
   add("invalid format (head_dim 96)", StatusCode::kUnsupportedFormat, [](BadCase& b) {
     b.args.format.key.head_dim = 96;
     b.args.format.value.head_dim = 96;

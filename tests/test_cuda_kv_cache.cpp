@@ -49,8 +49,10 @@ KVCacheConfig gpu_config(int64_t pages) {
   c.seed = 7;
   return c;
 }
-bool attends_on_gpu(const PagedKVCache& c, int32_t layer) {
-  return c.format(layer).key.bits > 0 && c.format(layer).value.bits > 0;
+// Plain layers (both sides fp16 / bf16) are not a kernel Format: cpu::decode_attention cannot
+// read them, the CPU backend's own attention does.
+bool is_plain(const PagedKVCache& c, int32_t layer) {
+  return c.format(layer).key.bits == 0 && c.format(layer).value.bits == 0;
 }
 
 // A CPU-backend cache and a CUDA-backend cache driven by the same operations, plus device
@@ -281,7 +283,7 @@ double rel_l2(const std::vector<uint16_t>& got_f16, const std::vector<float>& ex
   return n2 == 0 ? (e2 == 0 ? 0.0 : 1.0) : std::sqrt(e2 / n2);
 }
 
-// GPU attention (f16 q / out) on every layer (kUnsupportedFormat where the GPU does not attend),
+// GPU attention (f16 q / out) on every layer,
 // relative L2 error <= 2e-3 against
 //   (1) cpu::decode_attention over a copy of the GPU's own pages, block tables and lengths (the
 //       kernel and the staging of tables and lengths, independent of the encode), and
@@ -306,30 +308,28 @@ void check_attention(Pair& p, const std::vector<int64_t>& ids, std::mt19937_64& 
     CUDA_OK(cudaMemsetAsync(p.out.get(), 0xFF, q.size() * 2, p.stream));
     const Status sg = p.gpu.attention(batch.data(), n, l, tensor_view<const void*>(p.q.get(), DType::kF16, n, qh, d),
                                       tensor_view<void*>(p.out.get(), DType::kF16, n, qh, d));
-    if (!attends_on_gpu(p.gpu, l)) {
-      ASSERT_EQ(sg.code(), StatusCode::kUnsupportedFormat) << sg.to_string();
-      continue;
-    }
     ASSERT_TRUE(sg.is_ok()) << "step " << step << " layer " << l << ": " << sg.to_string();
     CUDA_OK(cudaStreamSynchronize(p.stream));
     CUDA_OK(cudaMemcpy(got.data(), p.out.get(), got.size() * 2, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < got.size(); ++i)
       ASSERT_TRUE(std::isfinite(half_bits_to_float(got[i]))) << "step " << step << " layer " << l << " element " << i;
-    // (1) the GPU's own pages
-    const std::vector<uint8_t> pool = pool_bytes(p.gpu, l, p.stream);
-    int32_t max_pages = 0, max_len = 0;
-    ASSERT_TRUE(p.gpu.batch_extent(batch.data(), n, l, &max_pages, &max_len).is_ok());
-    max_pages = std::max(max_pages, 1);
-    std::vector<int32_t> table(static_cast<size_t>(n) * max_pages), lens(static_cast<size_t>(n));
-    ASSERT_TRUE(p.gpu.fill_batch(batch.data(), n, l, max_pages, table.data(), lens.data()).is_ok());
-    cpu::DecodeAttentionArgs a{};
-    a.format = p.gpu.format(l);
-    a.q = tensor_view<const void*>(q.data(), DType::kF16, n, qh, d);
-    a.cache = PagedCache{pool.data(), p.gpu.num_pages(), p.gpu.layout(l), table.data(), max_pages, lens.data(), n};
-    a.out = tensor_view<void*>(own.data(), DType::kF32, n, qh, d);
-    const Status so = cpu::decode_attention(a);
-    ASSERT_TRUE(so.is_ok()) << so.to_string();
-    EXPECT_LE(rel_l2(got, own), 2e-3) << "step " << step << " layer " << l << ": vs the GPU's own pages";
+    // (1) the GPU's own pages (coded, K-only and V-only layers; plain layers: (2) only)
+    if (!is_plain(p.gpu, l)) {
+      const std::vector<uint8_t> pool = pool_bytes(p.gpu, l, p.stream);
+      int32_t max_pages = 0, max_len = 0;
+      ASSERT_TRUE(p.gpu.batch_extent(batch.data(), n, l, &max_pages, &max_len).is_ok());
+      max_pages = std::max(max_pages, 1);
+      std::vector<int32_t> table(static_cast<size_t>(n) * max_pages), lens(static_cast<size_t>(n));
+      ASSERT_TRUE(p.gpu.fill_batch(batch.data(), n, l, max_pages, table.data(), lens.data()).is_ok());
+      cpu::DecodeAttentionArgs a{};
+      a.format = p.gpu.format(l);
+      a.q = tensor_view<const void*>(q.data(), DType::kF16, n, qh, d);
+      a.cache = PagedCache{pool.data(), p.gpu.num_pages(), p.gpu.layout(l), table.data(), max_pages, lens.data(), n};
+      a.out = tensor_view<void*>(own.data(), DType::kF32, n, qh, d);
+      const Status so = cpu::decode_attention(a);
+      ASSERT_TRUE(so.is_ok()) << so.to_string();
+      EXPECT_LE(rel_l2(got, own), 2e-3) << "step " << step << " layer " << l << ": vs the GPU's own pages";
+    }
     // (2) the CPU backend
     const Status sc = p.cpu.attention(batch.data(), n, l, tensor_view<const void*>(q.data(), DType::kF16, n, qh, d),
                                       tensor_view<void*>(cpu.data(), DType::kF32, n, qh, d));
@@ -480,7 +480,7 @@ TEST(CudaKVCache, RandomizedAgainstCpuBackend) {
         // Attention right away: of the same batch (the lengths staged by the append), or of every
         // sequence (often the batch of an earlier check: the cached block table must follow
         // every page taken, copied or released since).
-        if (rng() % 2 == 0 && attends_on_gpu(p.gpu, layer))
+        if (rng() % 2 == 0)
           check_attention(p, batch ? ids : keys_of(live), rng, step, layer);
       }
     } else if (op == 11 && live.size() < 6) {
@@ -651,7 +651,6 @@ TEST(CudaKVCache, PipelinedStepsWithoutHostSync) {
                                     tensor_view<const void*>(hk.data() + r * kv_elems, DType::kF32, 4, cfg.kv_heads, d),
                                     tensor_view<const void*>(hv.data() + r * kv_elems, DType::kF32, 4, cfg.kv_heads, d))
                       .is_ok());
-      if (!attends_on_gpu(p.gpu, l)) continue;
       const Status gt = p.gpu.attention(
           ids.data(), 4, l, tensor_view<const void*>(dq.as<uint16_t>() + r * q_elems, DType::kF16, 4, qh, d),
           tensor_view<void*>(dout.as<uint16_t>() + r * q_elems, DType::kF16, 4, qh, d));
@@ -666,7 +665,6 @@ TEST(CudaKVCache, PipelinedStepsWithoutHostSync) {
   CUDA_OK(cudaMemcpy(got.data(), dout.get(), got.size() * 2, cudaMemcpyDeviceToHost));
   for (int32_t s = 0; s < steps; ++s)
     for (int32_t l = 0; l < cfg.layers; ++l) {
-      if (!attends_on_gpu(p.gpu, l)) continue;
       const size_t r = static_cast<size_t>(s) * cfg.layers + l;
       double e2 = 0, n2 = 0;
       for (size_t i = r * q_elems; i < (r + 1) * q_elems; ++i) {
@@ -792,7 +790,8 @@ TEST(CudaKVCache, BadInputs) {
   int32_t len = -1;
   ASSERT_TRUE(c.layer_length(1, 0, &len).is_ok());
   EXPECT_EQ(len, 0);
-  // Attention: raw layers are not attended on the GPU; batch and heads bounded by the options.
+  // Attention on every layer (plain and K-only ones by the generic kernel); batch and heads bounded
+  // by the options.
   std::vector<float> rows(static_cast<size_t>(2) * cfg.kv_heads * cfg.head_dim, 0.5f);
   upload_rows(p, rows, rows);
   for (int32_t l = 0; l < cfg.layers; ++l)
@@ -805,8 +804,8 @@ TEST(CudaKVCache, BadInputs) {
   };
   CUDA_OK(cudaMemsetAsync(p.q.get(), 0, p.q.bytes(), p.stream));  // zero queries (initcheck)
   EXPECT_TRUE(c.attention(ids, 2, 0, q(2, 4), o(2, 4)).is_ok());
-  EXPECT_EQ(c.attention(ids, 2, 1, q(2, 4), o(2, 4)).code(), StatusCode::kUnsupportedFormat);  // plain fp16
-  EXPECT_EQ(c.attention(ids, 2, 2, q(2, 4), o(2, 4)).code(), StatusCode::kUnsupportedFormat);  // raw values
+  EXPECT_TRUE(c.attention(ids, 2, 1, q(2, 4), o(2, 4)).is_ok());  // plain fp16
+  EXPECT_TRUE(c.attention(ids, 2, 2, q(2, 4), o(2, 4)).is_ok());  // raw values
   const int64_t three[3] = {1, 2, 1};
   EXPECT_EQ(c.attention(three, 3, 0, q(3, 4), o(3, 4)).code(), StatusCode::kInvalidArgument);  // > max_batch
   EXPECT_EQ(c.attention(ids, 2, 0, q(2, 6), o(2, 6)).code(), StatusCode::kInvalidArgument);    // > max_q_heads

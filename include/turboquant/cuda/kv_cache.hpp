@@ -46,10 +46,10 @@
 //   - K / V values are not checked for NaN / Inf on the host (they are device data): a coded row
 //     holding one is stored as a zero vector and counted (kv_cache_nonfinite_rows); a raw side stores
 //     it as is. The CPU backend returns kNonFinite instead.
-//   - attention needs both sides of the layer coded (the kernels do not read raw fp16 / bf16 sides
-//     yet): a layer with key or value bits 0 returns kUnsupportedFormat (appends to it work, its
-//     pages can be read with layer_pages()). The (head_dim, key bits, value bits) must also be in
-//     the decode-attention dispatch table and page_size a multiple of 16.
+//   - attention runs the fast decode-attention kernel on layers with both sides coded (their
+//     (head_dim, key bits, value bits) must be in its dispatch table and page_size a multiple of
+//     16) and the generic CUDA-core kernel on K-only, V-only and plain fp16 / bf16 layers
+//     (kernels/attention_generic.cu: correct for any mix, not tuned for speed).
 //   - attention batches are at most max_batch sequences and max_q_heads query heads; a sequence's
 //     pages at most ceil(max_seq_len / page_size) (kInvalidArgument naming the option otherwise).
 //   - a device error (kCudaError) from a copy or kernel launch is returned after the bookkeeping
