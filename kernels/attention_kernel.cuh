@@ -383,7 +383,7 @@ __device__ __forceinline__ LaneOffsets lane_offsets(const AttentionParams& p, in
   return o;
 }
 
-template <class S>
+template <class S, bool kValues = true>
 __device__ __forceinline__ void load_chunk_regs(const AttentionParams& p, const int32_t* block_row,
                                                 const LaneOffsets& o, int chunk, int quad, ChunkRegs<S>& r) {
   // The chunk's page slot and first row (a multiple of 16: the chunk stays in its page); a shift
@@ -399,14 +399,16 @@ __device__ __forceinline__ void load_chunk_regs(const AttentionParams& p, const 
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt)
     load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(key_rows + nt * kMmaN * S::kKeyRowBytes, r.key[nt]);
-  const uint8_t* value_rows = base + (o.value + static_cast<uint32_t>(row0 * S::kValueRowBytes));
-#pragma unroll
-  for (int i = 0; i < kLaneTokens; ++i) {
-    const int row = (i / kPair) * kMmaN + i % kPair;  // after the lane's first token 2 quad
-    load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(value_rows + row * S::kValueRowBytes, r.value[i]);
-  }
   load_scales(base + o.key_scales, row0, p.key_norm, quad, r.key_scale);
-  load_scales(base + o.value_scales, row0, p.value_norm, quad, r.value_scale);
+  if constexpr (kValues) {
+    const uint8_t* value_rows = base + (o.value + static_cast<uint32_t>(row0 * S::kValueRowBytes));
+#pragma unroll
+    for (int i = 0; i < kLaneTokens; ++i) {
+      const int row = (i / kPair) * kMmaN + i % kPair;  // after the lane's first token 2 quad
+      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(value_rows + row * S::kValueRowBytes, r.value[i]);
+    }
+    load_scales(base + o.value_scales, row0, p.value_norm, quad, r.value_scale);
+  }
 }
 
 // Fills side `value_side` of every entry of the code table (see CodeUnit): entry e's codes (LSB
@@ -532,17 +534,17 @@ __device__ __forceinline__ void rotate_queries(const AttentionParams& p, int seq
 }
 
 // One chunk of one warp: scores, online softmax, value accumulation.
+// S = Q K^T of one chunk: s[nt][e] + s[nt][2 + e] = the (unscaled) score of head `group` and token
+// 8 nt + 2 quad + e (see attend_chunk).
 template <class S>
-__device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, int token0,
-                                             int first, int len, int quad, float factor,
-                                             const uint4* qfrag, const uint8_t* table,
-                                             uint32_t key_offset, uint32_t value_offset, float& m_run, float& l_run,
-                                             float (&acc)[S::kMTiles][kAccRegs]) {
+__device__ __forceinline__ void qk_chunk(const ChunkRegs<S>& r, const uint4* qfrag, const uint8_t* table,
+                                         uint32_t key_offset, float (&s)[kNTiles][kAccRegs]) {
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
   // S = Q K^T for tokens 8 nt + [0, 8): s[nt][e] + s[nt][2 + e] = score of head `group`, token 8 nt + 2 quad + e
   // (rows 0-7 of A are the queries' hi parts, rows 8-15 their lo parts). B = the key levels of code
   // pairs 2 kk and 2 kk + 1 of the lane's quarter row, times the table's key scale (host-chosen so
   // that the fp16 levels are as exact as possible).
-  float s[kNTiles][kAccRegs] = {};
 #pragma unroll
   for (int kk = 0; kk < S::kKSteps; ++kk) {
     const uint4 q = qfrag[kk * kWarpSize];  // this lane's A fragment of k-step kk
@@ -560,6 +562,16 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
       device::mma_f16_m16n8k16(s[nt], q.x, q.y, q.z, q.w, b0, b1);
     }
   }
+}
+
+template <class S>
+__device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, int token0,
+                                             int first, int len, int quad, float factor,
+                                             const uint4* qfrag, const uint8_t* table,
+                                             uint32_t key_offset, uint32_t value_offset, float& m_run, float& l_run,
+                                             float (&acc)[S::kMTiles][kAccRegs]) {
+  float s[kNTiles][kAccRegs];
+  qk_chunk<S>(r, qfrag, table, key_offset, s);
   // Logits in log2 units; i = 2 nt + e.
   float x[kLaneTokens];
   bool valid[kLaneTokens];
@@ -702,7 +714,10 @@ __device__ __forceinline__ void prefetch_chunk_l2(const AttentionParams& p, int 
   prefetch_l2(head + offset, static_cast<uint32_t>(bytes));
 }
 
-template <int HeadDim, int KeyBits, int ValueBits, DType QType>
+// kScores: the packed-QK scores op (cuda::scores) instead of attention: the same walk and Q.K^T,
+// then scale * q . k_hat of every attended token written to p.scores (no softmax, no values, no
+// window, lengths clamped to p.max_context; one launch, no merge).
+template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores = false>
 __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     decode_attention_split_kernel(const __grid_constant__ AttentionParams p) {
   using S = Shape<HeadDim, KeyBits, ValueBits>;
@@ -717,7 +732,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
 
   // The code table depends on the parameters only: built while the previous kernel drains.
   build_code_table<KeyBits>(table, false, p.key_levels, p.key_level_scale);
-  build_code_table<ValueBits>(table, true, p.value_levels, 1.0f);
+  if constexpr (!kScores) build_code_table<ValueBits>(table, true, p.value_levels, 1.0f);
   wait_for_prior_grids();
 
   const int split = blockIdx.x;
@@ -730,8 +745,9 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   // The CTA's chunks: the attended range [first, len) in 16-token chunks, split evenly.
   const int64_t capacity = static_cast<int64_t>(p.max_pages_per_seq) * p.page_size;
   const int64_t raw_len = __ldg(p.seq_lens + seq);
-  const int len = static_cast<int>(raw_len < 0 ? 0 : (raw_len > capacity ? capacity : raw_len));
-  const int first = (p.sliding_window > 0 && len > p.sliding_window) ? len - p.sliding_window : 0;
+  const int64_t limit = kScores && p.max_context < capacity ? p.max_context : capacity;
+  const int len = static_cast<int>(raw_len < 0 ? 0 : (raw_len > limit ? limit : raw_len));
+  const int first = (!kScores && p.sliding_window > 0 && len > p.sliding_window) ? len - p.sliding_window : 0;
   const int chunk_first = first / kChunkTokens;
   const int chunk_end = (len + kChunkTokens - 1) / kChunkTokens;
   const int per_split = (chunk_end - chunk_first + p.num_splits - 1) / p.num_splits;
@@ -743,6 +759,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   auto* partial_max_sum = reinterpret_cast<float2*>(p.partial_max_sum);
 
   if (begin >= end) {  // nothing to attend in this split: the merge skips it (partial_out unread)
+    if (kScores) return;
     if (threadIdx.x < heads)
       partial_max_sum[(row0 + threadIdx.x) * p.num_splits + split] = make_float2(kNegInf, 0.0f);
     return;
@@ -762,7 +779,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   const int32_t* block_row = p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq;
   ChunkRegs<S> cur{}, next{};
   int chunk = begin + warp;
-  if (chunk < end) load_chunk_regs<S>(p, block_row, offsets, chunk, quad, cur);
+  if (chunk < end) load_chunk_regs<S, !kScores>(p, block_row, offsets, chunk, quad, cur);
 
   rotate_queries<HeadDim, QType>(p, seq, kv * p.group + head0, heads, q_hi, q_lo, factor_s);
   __syncthreads();
@@ -787,6 +804,24 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   for (int mt = 0; mt < S::kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
   float m_run = kNegInf, l_run = 0.0f;
 
+  if constexpr (kScores) {
+    // Scores of head `group` (when inside the tile) for tokens 8 nt + 2 quad + e of each chunk.
+    float* out_row = p.scores + (row0 + group) * p.max_context;
+    for (; chunk < end; chunk += kAttentionWarps) {
+      if (chunk + kAttentionWarps < end)
+        load_chunk_regs<S, false>(p, block_row, offsets, chunk + kAttentionWarps, quad, next);
+      float s[kNTiles][kAccRegs];
+      qk_chunk<S>(cur, qfrag + lane, table, key_offset, s);
+#pragma unroll
+      for (int i = 0; i < kLaneTokens; ++i) {
+        const int nt = i / kPair, e = i % kPair;
+        const int token = chunk * kChunkTokens + nt * kMmaN + kPair * quad + e;
+        if (group < heads && cur.page_ok && token < len)
+          out_row[token] = (s[nt][e] + s[nt][kPair + e]) * scale_at(cur.key_scale, p.key_norm, i) * factor;
+      }
+      cur = next;
+    }
+  } else {
   for (; chunk < end; chunk += kAttentionWarps) {
     const int ahead = chunk + prefetch_step;  // == chunk when off: never prefetched
     const int ahead_page = (prefetch_step > 0 && lane < kPrefetchRegions && ahead < end) ? prefetch_page(p, seq, ahead) : -1;
@@ -830,6 +865,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     p.partial_out[partial * HeadDim + j] = o;
     if (j == 0) partial_max_sum[partial] = make_float2(m, l);
   }
+  }  // !kScores
 }
 
 // One warp per (sequence, query head): lane (g, l) = (lane / kLanes, lane % kLanes) sums the splits
@@ -981,6 +1017,30 @@ cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t 
   e = cudaLaunchKernelEx(&config, split_kernel, params);
   if (e != cudaSuccess) return e;
   return launch_decode_attention_merge<HeadDim, QType>(params, stream);
+}
+
+// The packed-QK scores op on the split kernel's Q.K^T (kScores): one launch, grid (num_splits,
+// kv_heads * head_tiles, num_seqs), scores written straight to params.scores.
+template <int HeadDim, int KeyBits, DType QType>
+cudaError_t launch_scores_tc(const AttentionParams& params, cudaStream_t stream) noexcept {
+  namespace ak = attention_kernel;
+  using S = ak::Shape<HeadDim, KeyBits, KeyBits>;
+  static std::atomic<uint64_t> shared_memory_configured{0};
+  const auto kernel = &ak::decode_attention_split_kernel<HeadDim, KeyBits, KeyBits, QType, true>;
+  cudaError_t e = ak::allow_shared_memory(kernel, S::kSmemBytes, shared_memory_configured);
+  if (e != cudaSuccess) return e;
+  cudaLaunchAttribute programmatic{};
+  programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  programmatic.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
+                        static_cast<unsigned>(params.num_seqs));
+  config.blockDim = dim3(ak::kThreads);
+  config.dynamicSmemBytes = S::kSmemBytes;
+  config.stream = stream;
+  config.attrs = &programmatic;
+  config.numAttrs = params.programmatic_launch ? 1u : 0u;
+  return cudaLaunchKernelEx(&config, kernel, params);
 }
 
 }  // namespace turboquant::cuda::detail

@@ -90,6 +90,10 @@ struct AttentionParams {
   int32_t value_bits = 0;              // 0 = raw values, else 2..4
   DType raw_dtype = DType::kF16;       // storage of an uncompressed side
   bool value_raw = false;              // merge kernel: values are not rotated (no inverse RHT)
+
+  // The packed-QK scores op on this kernel (launch_scores_tc): scale * q . k_hat per token.
+  float* scores = nullptr;             // [num_seqs, q_heads, max_context] fp32, dense
+  int32_t max_context = 0;
 };
 
 // The factor a in [1, 2) (steps of 1/2048) that minimises the largest relative error of the fp16
@@ -107,6 +111,11 @@ cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t 
 // The generic split kernel (any side may be stored uncompressed; bits and dtypes read at run time,
 // CUDA cores, one warp lane group per token) + the merge kernel. One instance per HeadDim and QType
 // (kernels/attention_generic.cu). Grid (num_splits, q_heads, num_seqs).
+// The packed-QK scores (cuda::scores) for f16 / bf16 queries on the split kernel's tensor-core
+// Q.K^T: grid (num_splits, kv_heads * head_tiles, num_seqs), one launch (kernels/scores_tc.cu).
+template <int HeadDim, int KeyBits, DType QType>
+cudaError_t launch_scores_tc(const AttentionParams& params, cudaStream_t stream) noexcept;
+
 template <int HeadDim, DType QType>
 cudaError_t launch_generic_attention(const AttentionParams& params, cudaStream_t stream) noexcept;
 

@@ -2,12 +2,16 @@
 // launch through the one dispatch table of kernels/scores.cu.
 #include "turboquant/cuda/scores.hpp"
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 
+#include "attention_params.hpp"
 #include "cuda_checks.hpp"
 #include "cuda_status.hpp"
 #include "scores_params.hpp"
+#include "turboquant/cuda/attention.hpp"
 #include "turboquant/checks.hpp"
 #include "turboquant/layout.hpp"
 
@@ -56,6 +60,76 @@ Status check(const ScoresArgs& a, detail::ScoresLauncher* launch) noexcept {
   return Status::ok();
 }
 
+// The tensor-core path (the decode-attention split kernel's Q.K^T, kernels/scores_tc.cu): f16 /
+// bf16 queries with 16-byte aligned rows, head_dim 128, key bits 2-4, 16-token-aligned pages.
+using TcLauncher = cudaError_t (*)(const detail::AttentionParams&, cudaStream_t) noexcept;
+TcLauncher tensor_core_launcher(const ScoresArgs& a) noexcept {
+  const Format& f = a.format;
+  const layout::PageLayout& l = a.cache.layout;
+  if (f.head_dim() != 128 || l.page_size % kAttentionChunkTokens != 0 || l.page_bytes > INT32_MAX) return nullptr;
+  constexpr int64_t kQBytes = 2;
+  if (!checks::aligned(a.q.data, kVectorAlignment) || (a.q.stride0 * kQBytes) % kVectorAlignment != 0 ||
+      (a.q.stride1 * kQBytes) % kVectorAlignment != 0)
+    return nullptr;
+  const bool bf16 = a.q.dtype == DType::kBF16;
+  if (!bf16 && a.q.dtype != DType::kF16) return nullptr;
+  switch (f.key.bits) {
+    case 2: return bf16 ? &detail::launch_scores_tc<128, 2, DType::kBF16> : &detail::launch_scores_tc<128, 2, DType::kF16>;
+    case 3: return bf16 ? &detail::launch_scores_tc<128, 3, DType::kBF16> : &detail::launch_scores_tc<128, 3, DType::kF16>;
+    case 4: return bf16 ? &detail::launch_scores_tc<128, 4, DType::kBF16> : &detail::launch_scores_tc<128, 4, DType::kF16>;
+    default: return nullptr;
+  }
+}
+
+Status launch_tensor_core(const ScoresArgs& a, TcLauncher launch, cudaStream_t stream) noexcept {
+  const Format& f = a.format;
+  const layout::PageLayout& l = a.cache.layout;
+  detail::AttentionParams p;
+  p.q = a.q.data;
+  p.q_stride0 = a.q.stride0;
+  p.q_stride1 = a.q.stride1;
+  p.pages = static_cast<const uint8_t*>(a.cache.pages);
+  p.num_pages = a.cache.num_pages;
+  p.page_bytes = l.page_bytes;
+  p.head_bytes = l.head_bytes;
+  p.key_codes_offset = l.key_codes_offset;
+  p.key_scales_offset = l.key_scales_offset;
+  p.value_codes_offset = l.value_codes_offset;
+  p.value_scales_offset = l.value_scales_offset;
+  p.page_size = l.page_size;
+  const int32_t chunks_per_page = l.page_size / kAttentionChunkTokens;
+  int32_t log2 = 0;
+  while ((int32_t{1} << log2) < chunks_per_page) ++log2;
+  p.page_chunks_log2 = (int32_t{1} << log2) == chunks_per_page ? log2 : -1;
+  p.key_norm = f.key.norm;
+  p.value_norm = f.value.bits > 0 ? f.value.norm : f.key.norm;
+  p.block_table = a.cache.block_table;
+  p.seq_lens = a.cache.seq_lens;
+  p.max_pages_per_seq = a.cache.max_pages_per_seq;
+  p.num_seqs = a.cache.num_seqs;
+  p.q_heads = a.q.dim1;
+  p.kv_heads = l.kv_heads;
+  p.group = a.q.dim1 / l.kv_heads;
+  p.head_tiles = (p.group + detail::kAttentionHeadsPerCta - 1) / detail::kAttentionHeadsPerCta;
+  // Splits: about two waves of CTAs, at least 8 chunks (128 tokens) each.
+  const int64_t capacity = static_cast<int64_t>(a.cache.max_pages_per_seq) * l.page_size;
+  const int64_t chunks = (std::min<int64_t>(a.max_context, capacity) + kAttentionChunkTokens - 1) / kAttentionChunkTokens;
+  const int64_t units = int64_t{p.num_seqs} * p.kv_heads * p.head_tiles;
+  const int64_t slots = int64_t{kDefaultSmCount} * detail::attention_ctas_per_sm(f.head_dim());
+  int64_t splits = (2 * slots + units - 1) / units;
+  splits = std::min<int64_t>(splits, std::max<int64_t>(1, (chunks + 7) / 8));
+  splits = std::min<int64_t>(std::max<int64_t>(splits, 1), kMaxAttentionSplits);
+  p.num_splits = static_cast<int32_t>(splits);
+  p.programmatic_launch = true;
+  p.softmax_scale = a.softmax_scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(f.head_dim())) : a.softmax_scale;
+  for (int32_t i = 0; i < kMaxLevels; ++i) p.key_levels[i] = f.key.codebook.levels[i];
+  p.key_level_scale = detail::fp16_level_scale(p.key_levels, int32_t{1} << f.key.bits);
+  p.key_signs = f.key.signs;
+  p.scores = a.scores;
+  p.max_context = a.max_context;
+  return detail::cuda_status(launch(p, stream), "scores: kernel launch");
+}
+
 }  // namespace
 
 Status can_implement(const ScoresArgs& args) noexcept {
@@ -68,6 +142,7 @@ size_t workspace_bytes(const ScoresArgs&) noexcept { return 0; }
 Status scores(const ScoresArgs& a, Workspace, cudaStream_t stream) noexcept {
   detail::ScoresLauncher launch = nullptr;
   TQ_RETURN_IF_ERROR(check(a, &launch));
+  if (const TcLauncher tc = tensor_core_launcher(a); tc != nullptr) return launch_tensor_core(a, tc, stream);
   const Format& f = a.format;
   const layout::PageLayout& l = a.cache.layout;
   detail::ScoresParams p;

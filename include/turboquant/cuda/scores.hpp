@@ -17,8 +17,12 @@
 // in 1..kMaxScoresGroup. Alignment (kMisaligned otherwise): pages 16-byte aligned, block_table,
 // seq_lens and scores 4-byte aligned, q rows aligned to their element size.
 //
-// Numerics: the query is rotated in fp32, codebook levels are fp32, the dot product accumulates in
-// fp32 and is multiplied by the stored scale and softmax_scale in fp32.
+// Two paths, chosen per call. f16 / bf16 queries with 16-byte aligned rows, head_dim 128, key bits
+// 2-4 and page_size a multiple of 16: the decode-attention kernel's tensor-core Q.K^T (the query
+// rotated in fp32 and fed as a two-term fp16 split, levels as fp16(a * level) with the host-chosen
+// a of the attention kernel, fp32 accumulation; error per score ~1e-4 of scale |q| |k_hat|).
+// Anything else (f32 queries, head_dim 64 / 256, other pages): a CUDA-core kernel with the query
+// rotated in fp32, fp32 levels and fp32 accumulation.
 #pragma once
 
 #include <cuda_runtime_api.h>
