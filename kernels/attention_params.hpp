@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "turboquant/codebook.hpp"
+#include "turboquant/cuda/attention.hpp"
 #include "turboquant/format.hpp"
 #include "turboquant/numeric.hpp"
 #include "turboquant/signs.hpp"
@@ -24,6 +25,16 @@ inline constexpr int kAttentionWarps = 8;
 // registers and shared memory allow this many): 2 up to head_dim 128 (16 warps, <= 128 registers), 1 at 256, whose accumulators
 // and query fragments take twice the registers. The split heuristic plans whole waves with it.
 [[nodiscard]] constexpr int attention_ctas_per_sm(int head_dim) noexcept { return head_dim <= 128 ? 2 : 1; }
+
+// log2(page_size / kAttentionChunkTokens) when that is a power of two, else -1
+// (AttentionParams::page_chunks_log2).
+[[nodiscard]] constexpr int32_t page_chunks_log2(int32_t page_size) noexcept {
+  const int32_t chunks = page_size / kAttentionChunkTokens;
+  int32_t log2 = 0;
+  while (log2 < 30 && (int32_t{1} << log2) < chunks) ++log2;
+  return chunks > 0 && (int32_t{1} << log2) == chunks ? log2 : -1;
+}
+static_assert(page_chunks_log2(16) == 0 && page_chunks_log2(64) == 2 && page_chunks_log2(48) == -1);
 
 struct AttentionParams {
   // Queries: element (s, h, j) at q[s * q_stride0 + h * q_stride1 + j], dtype = the instance's QType.

@@ -339,12 +339,7 @@ Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, c
   p.value_codes_offset = l.value_codes_offset;
   p.value_scales_offset = l.value_scales_offset;
   p.page_size = l.page_size;
-  {
-    const int32_t chunks = l.page_size / kAttentionChunkTokens;
-    int32_t log2 = 0;
-    while ((int32_t{1} << log2) < chunks) ++log2;
-    p.page_chunks_log2 = (int32_t{1} << log2) == chunks ? log2 : -1;
-  }
+  p.page_chunks_log2 = detail::page_chunks_log2(l.page_size);
   p.key_norm = f.key.norm;
   p.value_norm = f.value.norm;
   p.block_table = a.cache.block_table;
