@@ -176,6 +176,9 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool 
                        ": the CUDA decode attention takes f16 or bf16 queries");
   // A side stored uncompressed (K-only layers, plain layers): the generic kernel.
   const bool generic = f.key.bits == 0 || f.value.bits == 0;
+  if (generic && (f.key.bits == 1 || f.value.bits == 1))
+    return make_status(StatusCode::kUnsupportedFormat, "format.key.bits = ", f.key.bits, ", format.value.bits = ",
+                       f.value.bits, ": with one side uncompressed the other takes 2, 3 or 4 bits");
   *entry = generic ? find_generic_kernel(d, a.q.dtype) : find_kernel(d, f.key.bits, f.value.bits, a.q.dtype);
   if (*entry == nullptr)
     return make_status(StatusCode::kUnsupportedFormat, "no decode-attention kernel for head_dim = ", d,

@@ -18,19 +18,23 @@
 // contributes nothing.
 //
 // Supported (kUnsupportedFormat otherwise, naming what is missing):
-//   - the (head_dim, key_bits, value_bits) combinations of the dispatch table
-//     (kernels/attention_instances.inc; attention_kernel(i) lists them), q dtype f16 or bf16, out
-//     of q's dtype; both sides coded (key.bits > 0 and value.bits > 0: K-only layers with raw
-//     values are not built yet);
-//   - page_size a multiple of 16 (the kernel reads 16-token chunks that never straddle a page);
-//   - q_heads / kv_heads (the GQA group) in 1..16.
+//   - both sides coded: the (head_dim, key_bits, value_bits) combinations of the dispatch table
+//     (kernels/attention_instances.inc; attention_kernel(i) lists them) with page_size a multiple
+//     of 16 (the kernel reads 16-token chunks that never straddle a page) — the fast tensor-core
+//     kernel;
+//   - one side stored uncompressed (value.bits = 0: K-only layers, or key.bits = 0), any head_dim
+//     64 / 128 / 256, bits 2-4 on the other side, raw f16 / bf16, any page size — a generic
+//     CUDA-core kernel (kernels/attention_generic.cu): correct, not tuned (about 20x slower);
+//   - q dtype f16 or bf16, out of q's dtype; q_heads / kv_heads (the GQA group) in 1..16.
 // Alignment (kMisaligned otherwise): q and out data and row strides 16-byte aligned
 // (kVectorAlignment); pages 16-byte aligned; block_table, seq_lens and lse 4-byte aligned;
 // workspace 16-byte aligned.
 //
-// Numerics: the query is rotated in fp32 and fed to fp16 tensor cores as a two-term fp16
-// split (about 22 significant bits); codebook levels and the probability-times-value-scale
-// weights are fp16, accumulation is fp32. Value scales above 65504 (possible only with fp32 norm
+// Numerics (the fast kernel): the query is rotated in fp32 and fed to fp16 tensor cores as a
+// two-term fp16 split (about 22 significant bits); key levels are fp16(a * level) with a factor a in
+// [1, 2) chosen on the host to make their rounding small (1 / a folded into the logit scale); value
+// levels and the probability-times-value-scale weights are fp16; accumulation is fp32. The generic
+// kernel computes in fp32 throughout. Value scales above 65504 (possible only with fp32 norm
 // storage) overflow the fp16 weights. Measured agreement with the CPU reference: see
 // tests/test_cuda_attention.cpp and kernels/ATTENTION_NOTES.md.
 #pragma once
