@@ -228,18 +228,10 @@ __global__ void __launch_bounds__(kGenericThreads) generic_split_kernel(const __
 template <int HeadDim, DType QType>
 cudaError_t launch_generic_attention(const AttentionParams& params, cudaStream_t stream) noexcept {
   namespace ag = attention_generic;
-  cudaLaunchAttribute programmatic{};
-  programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  programmatic.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.q_heads),
-                        static_cast<unsigned>(params.num_seqs));
-  config.blockDim = dim3(ag::kGenericThreads);
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  config.attrs = &programmatic;
-  config.numAttrs = params.programmatic_launch ? 1u : 0u;
-  cudaError_t e = cudaLaunchKernelEx(&config, &ag::generic_split_kernel<HeadDim, QType>, params);
+  const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.q_heads),
+                  static_cast<unsigned>(params.num_seqs));
+  const cudaError_t e = attention_kernel::launch_programmatic(&ag::generic_split_kernel<HeadDim, QType>, grid,
+                                                              dim3(ag::kGenericThreads), 0, params, stream);
   if (e != cudaSuccess) return e;
   return launch_decode_attention_merge<HeadDim, QType>(params, stream);
 }

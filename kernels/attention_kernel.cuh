@@ -972,6 +972,38 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<uint64_
   return e;
 }
 
+// Launches kernel(params) on (grid, block, dynamic shared memory) in `stream`, with programmatic
+// dependent launch when params.programmatic_launch.
+template <typename Kernel>
+cudaError_t launch_programmatic(Kernel kernel, dim3 grid, dim3 block, size_t shared_bytes, const AttentionParams& params,
+                                cudaStream_t stream) noexcept {
+  cudaLaunchAttribute programmatic{};
+  programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  programmatic.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  config.attrs = &programmatic;
+  config.numAttrs = params.programmatic_launch ? 1u : 0u;
+  return cudaLaunchKernelEx(&config, kernel, params);
+}
+
+// The split kernel (attention, or the scores op when kScores) on grid (num_splits,
+// kv_heads * head_tiles, num_seqs).
+template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores>
+cudaError_t launch_split(const AttentionParams& params, cudaStream_t stream) noexcept {
+  using S = Shape<HeadDim, KeyBits, ValueBits>;
+  static std::atomic<uint64_t> shared_memory_configured{0};
+  const auto kernel = &decode_attention_split_kernel<HeadDim, KeyBits, ValueBits, QType, kScores>;
+  const cudaError_t e = allow_shared_memory(kernel, S::kSmemBytes, shared_memory_configured);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
+                  static_cast<unsigned>(params.num_seqs));
+  return launch_programmatic(kernel, grid, dim3(kThreads), S::kSmemBytes, params, stream);
+}
+
 }  // namespace attention_kernel
 
 // The merge kernel over the split partials of params (one warp per (sequence, query head)), with
@@ -979,68 +1011,25 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<uint64_
 template <int HeadDim, DType QType>
 cudaError_t launch_decode_attention_merge(const AttentionParams& params, cudaStream_t stream) noexcept {
   namespace ak = attention_kernel;
-  cudaLaunchAttribute programmatic{};
-  programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  programmatic.val.programmaticStreamSerializationAllowed = 1;
   constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / ak::kWarpSize;  // one warp per vector
   const int64_t vectors = static_cast<int64_t>(params.num_seqs) * params.q_heads;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock));
-  config.blockDim = dim3(ak::kMergeThreads);
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  config.attrs = &programmatic;
-  config.numAttrs = params.programmatic_launch ? 1u : 0u;
-  return cudaLaunchKernelEx(&config, &ak::decode_attention_merge_kernel<HeadDim, QType>, params);
+  const dim3 grid(static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock));
+  return ak::launch_programmatic(&ak::decode_attention_merge_kernel<HeadDim, QType>, grid, dim3(ak::kMergeThreads), 0,
+                                 params, stream);
 }
 
 template <int HeadDim, int KeyBits, int ValueBits, DType QType>
 cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t stream) noexcept {
-  namespace ak = attention_kernel;
-  using S = ak::Shape<HeadDim, KeyBits, ValueBits>;
-  static std::atomic<uint64_t> shared_memory_configured{0};
-  const auto split_kernel = &ak::decode_attention_split_kernel<HeadDim, KeyBits, ValueBits, QType>;
-  cudaError_t e = ak::allow_shared_memory(split_kernel, S::kSmemBytes, shared_memory_configured);
-  if (e != cudaSuccess) return e;
-  const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
-                  static_cast<unsigned>(params.num_seqs));
-  cudaLaunchAttribute programmatic{};
-  programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  programmatic.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = dim3(ak::kThreads);
-  config.dynamicSmemBytes = S::kSmemBytes;
-  config.stream = stream;
-  config.attrs = &programmatic;
-  config.numAttrs = params.programmatic_launch ? 1u : 0u;
-  e = cudaLaunchKernelEx(&config, split_kernel, params);
+  const cudaError_t e = attention_kernel::launch_split<HeadDim, KeyBits, ValueBits, QType, false>(params, stream);
   if (e != cudaSuccess) return e;
   return launch_decode_attention_merge<HeadDim, QType>(params, stream);
 }
 
-// The packed-QK scores op on the split kernel's Q.K^T (kScores): one launch, grid (num_splits,
-// kv_heads * head_tiles, num_seqs), scores written straight to params.scores.
+// The packed-QK scores op on the split kernel's Q.K^T (kScores): one launch, scores written
+// straight to params.scores.
 template <int HeadDim, int KeyBits, DType QType>
 cudaError_t launch_scores_tc(const AttentionParams& params, cudaStream_t stream) noexcept {
-  namespace ak = attention_kernel;
-  using S = ak::Shape<HeadDim, KeyBits, KeyBits>;
-  static std::atomic<uint64_t> shared_memory_configured{0};
-  const auto kernel = &ak::decode_attention_split_kernel<HeadDim, KeyBits, KeyBits, QType, true>;
-  cudaError_t e = ak::allow_shared_memory(kernel, S::kSmemBytes, shared_memory_configured);
-  if (e != cudaSuccess) return e;
-  cudaLaunchAttribute programmatic{};
-  programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  programmatic.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
-                        static_cast<unsigned>(params.num_seqs));
-  config.blockDim = dim3(ak::kThreads);
-  config.dynamicSmemBytes = S::kSmemBytes;
-  config.stream = stream;
-  config.attrs = &programmatic;
-  config.numAttrs = params.programmatic_launch ? 1u : 0u;
-  return cudaLaunchKernelEx(&config, kernel, params);
+  return attention_kernel::launch_split<HeadDim, KeyBits, KeyBits, QType, true>(params, stream);
 }
 
 }  // namespace turboquant::cuda::detail

@@ -328,30 +328,8 @@ Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, c
                        "-byte aligned");
 
   const Format& f = a.format;
-  const layout::PageLayout& l = a.cache.layout;
   AttentionParams p;
-  p.q = a.q.data;
-  p.q_stride0 = a.q.stride0;
-  p.q_stride1 = a.q.stride1;
-  p.pages = static_cast<const uint8_t*>(a.cache.pages);
-  p.num_pages = a.cache.num_pages;
-  p.page_bytes = l.page_bytes;
-  p.head_bytes = l.head_bytes;
-  p.key_codes_offset = l.key_codes_offset;
-  p.key_scales_offset = l.key_scales_offset;
-  p.value_codes_offset = l.value_codes_offset;
-  p.value_scales_offset = l.value_scales_offset;
-  p.page_size = l.page_size;
-  p.page_chunks_log2 = detail::page_chunks_log2(l.page_size);
-  p.key_norm = f.key.norm;
-  p.value_norm = f.value.norm;
-  p.block_table = a.cache.block_table;
-  p.seq_lens = a.cache.seq_lens;
-  p.max_pages_per_seq = a.cache.max_pages_per_seq;
-  p.num_seqs = sh.num_seqs;
-  p.q_heads = sh.q_heads;
-  p.kv_heads = sh.kv_heads;
-  p.group = sh.group;
+  detail::fill_cache_params(f, a.q, a.cache, &p);
   p.head_tiles = sh.head_tiles;
   p.num_splits = splits;
   p.prefetch_distance = a.prefetch_distance < 0 ? kDefaultAttentionPrefetch : a.prefetch_distance;
@@ -366,17 +344,6 @@ Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, c
   p.out_stride0 = a.out.stride0;
   p.out_stride1 = a.out.stride1;
   p.lse = a.lse;
-  for (int32_t i = 0; i < kMaxLevels; ++i) {
-    p.key_levels[i] = f.key.codebook.levels[i];
-    p.value_levels[i] = f.value.codebook.levels[i];
-  }
-  p.key_level_scale = f.key.bits > 0 ? detail::fp16_level_scale(p.key_levels, int32_t{1} << f.key.bits) : 1.0f;
-  p.key_signs = f.key.signs;
-  p.value_signs = f.value.bits > 0 ? f.value.signs : SignBits{};  // raw values: nothing to un-rotate
-  p.key_bits = f.key.bits;
-  p.value_bits = f.value.bits;
-  p.raw_dtype = f.raw_dtype;
-  p.value_raw = f.value.bits == 0;
 
   return detail::cuda_status(entry->launch(p, stream), "decode_attention: kernel launch");
 }
@@ -388,6 +355,43 @@ Status decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaS
 }
 
 namespace detail {
+
+void fill_cache_params(const Format& f, const ConstView& q, const PagedCache& c, AttentionParams* p) noexcept {
+  const layout::PageLayout& l = c.layout;
+  p->q = q.data;
+  p->q_stride0 = q.stride0;
+  p->q_stride1 = q.stride1;
+  p->pages = static_cast<const uint8_t*>(c.pages);
+  p->num_pages = c.num_pages;
+  p->page_bytes = l.page_bytes;
+  p->head_bytes = l.head_bytes;
+  p->key_codes_offset = l.key_codes_offset;
+  p->key_scales_offset = l.key_scales_offset;
+  p->value_codes_offset = l.value_codes_offset;
+  p->value_scales_offset = l.value_scales_offset;
+  p->page_size = l.page_size;
+  p->page_chunks_log2 = page_chunks_log2(l.page_size);
+  p->key_norm = f.key.norm;
+  p->value_norm = f.value.norm;
+  p->block_table = c.block_table;
+  p->seq_lens = c.seq_lens;
+  p->max_pages_per_seq = c.max_pages_per_seq;
+  p->num_seqs = c.num_seqs;
+  p->q_heads = q.dim1;
+  p->kv_heads = l.kv_heads;
+  p->group = q.dim1 / l.kv_heads;
+  for (int32_t i = 0; i < kMaxLevels; ++i) {
+    p->key_levels[i] = f.key.codebook.levels[i];
+    p->value_levels[i] = f.value.codebook.levels[i];
+  }
+  p->key_level_scale = f.key.bits > 0 ? fp16_level_scale(p->key_levels, int32_t{1} << f.key.bits) : 1.0f;
+  p->key_signs = f.key.signs;
+  p->value_signs = f.value.bits > 0 ? f.value.signs : SignBits{};  // raw values: nothing to un-rotate
+  p->key_bits = f.key.bits;
+  p->value_bits = f.value.bits;
+  p->raw_dtype = f.raw_dtype;
+  p->value_raw = f.value.bits == 0;
+}
 
 Status can_implement_any_format(const DecodeAttentionArgs& args) noexcept {
   Shape sh;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "attention_internal.hpp"
 #include "attention_params.hpp"
 #include "cuda_checks.hpp"
 #include "cuda_status.hpp"
@@ -85,28 +86,7 @@ Status launch_tensor_core(const ScoresArgs& a, TcLauncher launch, cudaStream_t s
   const Format& f = a.format;
   const layout::PageLayout& l = a.cache.layout;
   detail::AttentionParams p;
-  p.q = a.q.data;
-  p.q_stride0 = a.q.stride0;
-  p.q_stride1 = a.q.stride1;
-  p.pages = static_cast<const uint8_t*>(a.cache.pages);
-  p.num_pages = a.cache.num_pages;
-  p.page_bytes = l.page_bytes;
-  p.head_bytes = l.head_bytes;
-  p.key_codes_offset = l.key_codes_offset;
-  p.key_scales_offset = l.key_scales_offset;
-  p.value_codes_offset = l.value_codes_offset;
-  p.value_scales_offset = l.value_scales_offset;
-  p.page_size = l.page_size;
-  p.page_chunks_log2 = detail::page_chunks_log2(l.page_size);
-  p.key_norm = f.key.norm;
-  p.value_norm = f.value.bits > 0 ? f.value.norm : f.key.norm;
-  p.block_table = a.cache.block_table;
-  p.seq_lens = a.cache.seq_lens;
-  p.max_pages_per_seq = a.cache.max_pages_per_seq;
-  p.num_seqs = a.cache.num_seqs;
-  p.q_heads = a.q.dim1;
-  p.kv_heads = l.kv_heads;
-  p.group = a.q.dim1 / l.kv_heads;
+  detail::fill_cache_params(f, a.q, a.cache, &p);
   p.head_tiles = (p.group + detail::kAttentionHeadsPerCta - 1) / detail::kAttentionHeadsPerCta;
   // Splits: about two waves of CTAs, at least 8 chunks (128 tokens) each.
   const int64_t capacity = static_cast<int64_t>(a.cache.max_pages_per_seq) * l.page_size;
@@ -119,9 +99,6 @@ Status launch_tensor_core(const ScoresArgs& a, TcLauncher launch, cudaStream_t s
   p.num_splits = static_cast<int32_t>(splits);
   p.programmatic_launch = true;
   p.softmax_scale = a.softmax_scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(f.head_dim())) : a.softmax_scale;
-  for (int32_t i = 0; i < kMaxLevels; ++i) p.key_levels[i] = f.key.codebook.levels[i];
-  p.key_level_scale = detail::fp16_level_scale(p.key_levels, int32_t{1} << f.key.bits);
-  p.key_signs = f.key.signs;
   p.scores = a.scores;
   p.max_context = a.max_context;
   return detail::cuda_status(launch(p, stream), "scores: kernel launch");
