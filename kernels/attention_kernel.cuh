@@ -40,9 +40,11 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "attention_params.hpp"
 #include "turboquant/cuda/attention.hpp"
+#include "turboquant/device/async_copy.cuh"
 #include "turboquant/device/common.cuh"
 #include "turboquant/device/mma.cuh"
 #include "turboquant/device/rht.cuh"
@@ -129,6 +131,94 @@ __device__ __forceinline__ uint32_t lane_copy_offset(int lane, bool value_side) 
 [[nodiscard]] TQ_HOST_DEVICE constexpr size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 [[nodiscard]] TQ_HOST_DEVICE constexpr int words_for(int bytes) { return (bytes + kBytesPerWord - 1) / kBytesPerWord; }
 
+// ---- the per-warp stage ring: bank model of the fragment reads ------------------------------------
+// Each warp copies its coming chunks into shared-memory stages (cp.async) and reads a lane's code
+// segments from there (see Shape). The reads below model those loads: lane (group, quad) reads its
+// segment of `segment` bytes at row `group` (key side; the other n-tile is 8 rows further) or row
+// 2 quad (value side; the others are 1, 8, 9 rows further, the same bank pattern shifted), offset
+// quad * segment resp. group * segment, with the widest vector load the alignment allows, or
+// covering 4-byte words below 4-byte alignment (load_segment). A warp-wide load of W bytes per lane
+// is served 128 / W lanes at a time, each phase taking as many wavefronts as the most distinct
+// words any one bank is asked for.
+[[nodiscard]] TQ_HOST_DEVICE constexpr int segment_load_width(int bytes, int align) {
+  return align >= kMaxLoadBytes && bytes % kMaxLoadBytes == 0 ? kMaxLoadBytes
+         : align >= 8 && bytes % 8 == 0                        ? 8
+                                                               : kBytesPerWord;
+}
+
+[[nodiscard]] TQ_HOST_DEVICE constexpr int segment_read_wavefronts(int stride, int segment, bool value_side) {
+  constexpr int kBanks = 32, kPhaseBytes = 128;
+  const int align = min_int(min_int(lowest_bit(stride), lowest_bit(segment)), kMaxLoadBytes);
+  const int width = segment_load_width(segment, align);
+  const bool covering = align < kBytesPerWord;
+  const int loads = covering ? words_for(segment) + 1 : segment / width;
+  const int lanes_per_phase = kPhaseBytes / width;
+  int total = 0;
+  for (int k = 0; k < loads; ++k) {
+    for (int phase = 0; phase < kWarpSize; phase += lanes_per_phase) {
+      int worst = 0;
+      for (int bank = 0; bank < kBanks; ++bank) {
+        int words[kBanks] = {};
+        int distinct = 0;
+        for (int l = phase; l < phase + lanes_per_phase; ++l) {
+          const int group = l / kQuads, quad = l % kQuads;
+          int at = value_side ? kPair * quad * stride + group * segment : group * stride + quad * segment;
+          if (covering) at -= at % kBytesPerWord;
+          at += k * width;
+          for (int w = at / kBytesPerWord; w < (at + width) / kBytesPerWord; ++w) {
+            if (w % kBanks != bank) continue;
+            bool seen = false;
+            for (int i = 0; i < distinct; ++i) seen = seen || words[i] == w;
+            if (!seen && distinct < kBanks) words[distinct++] = w;
+          }
+        }
+        worst = worst > distinct ? worst : distinct;
+      }
+      total += worst;
+    }
+  }
+  return total;
+}
+
+// The stage's row stride for rows of `row_bytes`: the row size, or that plus 16, 32 or 48 bytes when
+// the padding removes bank conflicts of the segment reads (only rows of a power-of-two count of
+// 16-byte pieces are padded, so that a lane's copies stay a fixed stride apart).
+[[nodiscard]] TQ_HOST_DEVICE constexpr int stage_row_stride(int row_bytes, int segment, bool value_side) {
+  const int pieces = row_bytes / kMaxLoadBytes;
+  const bool paddable = row_bytes % kMaxLoadBytes == 0 && (pieces & (pieces - 1)) == 0 && pieces <= kWarpSize;
+  int best = row_bytes, best_cost = segment_read_wavefronts(row_bytes, segment, value_side);
+  for (int pad = 1; paddable && pad <= 3; ++pad) {
+    const int cost = segment_read_wavefronts(row_bytes + pad * kMaxLoadBytes, segment, value_side);
+    if (cost < best_cost) {
+      best = row_bytes + pad * kMaxLoadBytes;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+// Copies of one 16-token region of rows of `row_bytes` into a stage with row stride `stride`: the
+// region is row_bytes 16-byte pieces (16 rows); lane l copies pieces l, l + 32, ...; piece i lands at
+// (i / pieces per row) * stride + (i % pieces per row) * 16 (padded) or i * 16 (stride = row size).
+template <int RowBytes, int Stride>
+struct RegionCopy {
+  static constexpr int kPieces = RowBytes * kAttentionChunkTokens / device::kAsyncCopyBytes;
+  static constexpr int kSteps = (kPieces + kWarpSize - 1) / kWarpSize;  // copies per lane (the last maybe partial)
+  static constexpr bool kPadded = Stride != RowBytes;
+  static constexpr int kPiecesPerRow = RowBytes / device::kAsyncCopyBytes;  // padded rows only
+  // Shared-memory distance between a lane's consecutive pieces.
+  static constexpr int kDstStep = kPadded ? (kWarpSize / kPiecesPerRow) * Stride : kWarpSize * device::kAsyncCopyBytes;
+  static constexpr int kSrcStep = kWarpSize * device::kAsyncCopyBytes;
+  static_assert(!kPadded || (RowBytes % device::kAsyncCopyBytes == 0 && kWarpSize % kPiecesPerRow == 0),
+                "padded rows are whole pieces, a power of two of them");
+  static_assert((RowBytes * kAttentionChunkTokens) % device::kAsyncCopyBytes == 0, "a region is whole pieces");
+  // Byte offset of lane l's first piece inside the stage region.
+  static TQ_HOST_DEVICE constexpr uint32_t dst_offset(int lane) {
+    return kPadded ? static_cast<uint32_t>((lane / kPiecesPerRow) * Stride + (lane % kPiecesPerRow) * device::kAsyncCopyBytes)
+                   : static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
+  }
+};
+
 // Compile-time geometry of one instance.
 //
 // Q.K^T: lane (group, quad) holds key rows `group` (n-tile 0) and 8 + group (n-tile 1) of a chunk,
@@ -152,9 +242,10 @@ struct Shape {
   static constexpr int kKeyRowBytes = HeadDim * KeyBits / kBitsPerByte;
   static constexpr int kKeySegmentCoords = HeadDim / kQuads;
   static constexpr int kKeySegmentBytes = kKeyRowBytes / kQuads;
-  // Rows start 16-byte aligned planes at multiples of the row size; segments at multiples of theirs.
+  // Key rows in a stage (see RegionCopy) are kKeyStride apart; segments at multiples of their size.
+  static constexpr int kKeyStride = stage_row_stride(kKeyRowBytes, kKeySegmentBytes, false);
   static constexpr int kKeySegmentAlign =
-      min_int(min_int(lowest_bit(kKeyRowBytes), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
+      min_int(min_int(lowest_bit(kKeyStride), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
   static constexpr int kKeyWords = words_for(kKeySegmentBytes);
   static constexpr int kKeyPairBits = kPair * KeyBits;
   static constexpr int kKeyPairsPerUnit = CodeUnit<KeyBits>::kPairs;
@@ -163,8 +254,9 @@ struct Shape {
   static constexpr int kValueRowBytes = HeadDim * ValueBits / kBitsPerByte;
   static constexpr int kValueSegmentCoords = HeadDim / kGroups;
   static constexpr int kValueSegmentBytes = kValueRowBytes / kGroups;
+  static constexpr int kValueStride = stage_row_stride(kValueRowBytes, kValueSegmentBytes, true);
   static constexpr int kValueSegmentAlign =
-      min_int(min_int(lowest_bit(kValueRowBytes), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
+      min_int(min_int(lowest_bit(kValueStride), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
   static constexpr int kValueWords = words_for(kValueSegmentBytes);
   static constexpr int kValuePairBits = kPair * ValueBits;
   static constexpr int kValuePairsPerUnit = CodeUnit<ValueBits>::kPairs;
@@ -185,10 +277,28 @@ struct Shape {
   static constexpr size_t kQueryFragmentBytes = sizeof(uint4) * kKSteps * kWarpSize;
   static constexpr size_t kMainBytes =
       kTableBytes + kQueryFragmentBytes + 2 * sizeof(__half) * kQueryHalves + sizeof(float) * kHeads;
+
+  // The stage ring (after the main bytes): kStages stages per warp, each one chunk as
+  // [key rows: 16 x kKeyStride][value rows: 16 x kValueStride][key scales][value scales], scales
+  // with room for fp32. A warp reads chunk i from stage i % kStages while chunks i + 1 .. i + kStages
+  // are in flight (the stage of chunk i is refilled right after its reads).
+  static constexpr int kStages = 2;
+  using KeyCopy = RegionCopy<kKeyRowBytes, kKeyStride>;
+  using ValueCopy = RegionCopy<kValueRowBytes, kValueStride>;
+  static constexpr int kScaleRegionBytes = kAttentionChunkTokens * static_cast<int>(sizeof(float));
+  static constexpr int kStageValueOffset = kAttentionChunkTokens * kKeyStride;
+  static constexpr int kStageKeyScalesOffset = kStageValueOffset + kAttentionChunkTokens * kValueStride;
+  static constexpr int kStageValueScalesOffset = kStageKeyScalesOffset + kScaleRegionBytes;
+  static constexpr int kStageBytes = kStageValueScalesOffset + kScaleRegionBytes;
+  static_assert(kStageValueOffset % device::kAsyncCopyBytes == 0 && kStageBytes % device::kAsyncCopyBytes == 0,
+                "stage regions start 16-byte aligned");
+  static constexpr size_t kRingOffset = (kMainBytes + kMaxLoadBytes - 1) / kMaxLoadBytes * kMaxLoadBytes;
+  static constexpr size_t kRingBytes = size_t{kAttentionWarps} * kStages * kStageBytes;
+
   static constexpr int kMergeRowStride = HeadDim + 1;
   static constexpr size_t kMergeOutFloats = size_t{kAttentionWarps} * kHeads * kMergeRowStride;
   static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kAttentionWarps * kHeads;
-  static constexpr size_t kSmemBytes = max_size(kMainBytes, kMergeBytes);
+  static constexpr size_t kSmemBytes = max_size(kRingOffset + kRingBytes, kMergeBytes);
 };
 
 // ---- small device helpers -------------------------------------------------------------------------
@@ -207,17 +317,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 
-// Bytes [p, p + Bytes) of read-only global memory as little-endian words (bits beyond Bytes are
+// Bytes [p, p + Bytes) of a stage (shared memory) as little-endian words (bits beyond Bytes are
 // unspecified). Align is what the caller guarantees for p. Below 4-byte alignment the covering
-// aligned words are loaded (at most 4 bytes past the segment: the next row or the next plane of
-// the same page, never outside the pool) and funnel-shifted.
+// aligned words are loaded (at most 4 bytes past the segment, still inside the stage: the next row,
+// or the region after the rows) and funnel-shifted.
 template <int Bytes, int Align>
 __device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t (&w)[words_for(Bytes)]) {
   constexpr int kWide = sizeof(uint4), kDouble = sizeof(uint2), kWord = sizeof(uint32_t);
   if constexpr (Align >= kWide && Bytes % kWide == 0) {
 #pragma unroll
     for (int i = 0; i < Bytes / kWide; ++i) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
       constexpr int kW = kWide / kWord;
       w[kW * i] = v.x;
       w[kW * i + 1] = v.y;
@@ -227,22 +337,22 @@ __device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t (&w)[wor
   } else if constexpr (Align >= kDouble && Bytes % kDouble == 0) {
 #pragma unroll
     for (int i = 0; i < Bytes / kDouble; ++i) {
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + i);
+      const uint2 v = reinterpret_cast<const uint2*>(p)[i];
       constexpr int kW = kDouble / kWord;
       w[kW * i] = v.x;
       w[kW * i + 1] = v.y;
     }
   } else if constexpr (Align >= kWord && Bytes % kWord == 0) {
 #pragma unroll
-    for (int i = 0; i < Bytes / kWord; ++i) w[i] = __ldg(reinterpret_cast<const unsigned int*>(p) + i);
+    for (int i = 0; i < Bytes / kWord; ++i) w[i] = reinterpret_cast<const uint32_t*>(p)[i];
   } else {
     constexpr int kWords = words_for(Bytes);
     const auto address = reinterpret_cast<uintptr_t>(p);
-    const auto* base = reinterpret_cast<const unsigned int*>(address & ~uintptr_t{kBytesPerWord - 1});
+    const auto* base = reinterpret_cast<const uint32_t*>(p - (address & (kBytesPerWord - 1)));
     const auto shift = static_cast<uint32_t>(address & (kBytesPerWord - 1)) * kBitsPerByte;
     uint32_t raw[kWords + 1];
 #pragma unroll
-    for (int i = 0; i <= kWords; ++i) raw[i] = __ldg(base + i);
+    for (int i = 0; i <= kWords; ++i) raw[i] = base[i];
 #pragma unroll
     for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(raw[i], raw[i + 1], shift);
   }
@@ -325,7 +435,7 @@ __device__ __forceinline__ void store_row_chunk(uint8_t* dst, const SignBits& si
   *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Scale i (i = 2 n-tile + e: chunk row 8 n-tile + 2 quad + e) from the raw words of load_scales.
+// Scale i (i = 2 n-tile + e: chunk row 8 n-tile + 2 quad + e) from the raw words of read_scales.
 __device__ __forceinline__ float scale_at(const uint32_t (&raw)[kLaneTokens], NormStorage norm, int i) {
   if (norm == NormStorage::kF32) return __uint_as_float(raw[i]);
   const uint32_t pair = raw[i / kPair];
@@ -333,19 +443,17 @@ __device__ __forceinline__ float scale_at(const uint32_t (&raw)[kLaneTokens], No
   return __half2float(__ushort_as_half(bits));
 }
 
-// The scales of chunk rows 2 quad, 2 quad + 1, 8 + 2 quad, 9 + 2 quad: fp16 -> raw[0..1] (two per
-// word), fp32 -> raw[0..3].
-__device__ __forceinline__ void load_scales(const uint8_t* plane, int row0, NormStorage norm, int quad,
-                                            uint32_t (&raw)[kLaneTokens]) {
+// The scales of chunk rows 2 quad, 2 quad + 1, 8 + 2 quad, 9 + 2 quad from a stage's scale region
+// (`at` points at row 2 quad): fp16 -> raw[0..1] (two per word), fp32 -> raw[0..3].
+__device__ __forceinline__ void read_scales(const uint8_t* at, NormStorage norm, uint32_t (&raw)[kLaneTokens]) {
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
-    const int row = row0 + nt * kMmaN + kPair * quad;
     if (norm == NormStorage::kF32) {
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(plane + static_cast<int64_t>(row) * sizeof(float)));
+      const uint2 v = *reinterpret_cast<const uint2*>(at + nt * kMmaN * sizeof(float));
       raw[kPair * nt] = v.x;
       raw[kPair * nt + 1] = v.y;
     } else {
-      raw[nt] = __ldg(reinterpret_cast<const unsigned int*>(plane + static_cast<int64_t>(row) * sizeof(uint16_t)));
+      raw[nt] = *reinterpret_cast<const uint32_t*>(at + nt * kMmaN * sizeof(uint16_t));
       raw[kNTiles + nt] = 0u;
     }
   }
@@ -356,58 +464,114 @@ template <class S>
 struct ChunkRegs {
   uint32_t key[kNTiles][S::kKeyWords];          // n-tile nt: quarter `quad` of key row 8 nt + group
   uint32_t value[kLaneTokens][S::kValueWords];  // eighth `group` of value rows 2 quad + {0, 1}, 8 + 2 quad + {0, 1}
-  uint32_t key_scale[kLaneTokens];              // load_scales
+  uint32_t key_scale[kLaneTokens];              // read_scales
   uint32_t value_scale[kLaneTokens];
-  bool page_ok;                       // the block-table entry is inside the pool
+  bool page_ok;                                 // the block-table entry is inside the pool
 };
 
-// A lane's byte offsets inside one page, the same for every chunk of the CTA (32-bit: a page is far
-// below 2 GiB): its first key segment (n-tile 0; n-tile 1 is 8 rows further), its first value
-// segment (token 2 quad; the others are 1, 8 and 9 rows further) and the two scale planes.
-struct LaneOffsets {
-  uint32_t key;
-  uint32_t value;
-  uint32_t key_scales;
-  uint32_t value_scales;
+// A lane's part of every chunk's copies (page -> stage) and reads (stage -> registers), the same for
+// every chunk of the CTA: byte offsets, 32-bit (a page is far below 2 GiB).
+struct LaneStage {
+  uint32_t src;              // in a page: KV head kv's block + this lane's first 16-byte piece of a region
+  uint32_t key_dst;          // in a stage: this lane's first key piece (RegionCopy)
+  uint32_t value_dst;        // ... and value piece
+  uint32_t scale_src;        // in a page: the scale piece this lane copies (at row 0), lanes 0-7 only
+  uint32_t scale_dst;        // in a stage: where it goes
+  uint32_t scale_row_bytes;  // 2 (fp16) or 4 (fp32) bytes per row of that plane; 0: no scale piece
+  uint32_t key_read;         // in a stage: this lane's key segment of row `group`
+  uint32_t value_read;       // ... its value segment of row 2 quad
+  uint32_t key_scale_read;   // ... its key scale of row 2 quad
+  uint32_t value_scale_read;
 };
 
-template <class S>
-__device__ __forceinline__ LaneOffsets lane_offsets(const AttentionParams& p, int kv, int group, int quad) {
+template <class S, bool kValues>
+__device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv, int lane, NormStorage key_norm,
+                                                NormStorage value_norm) {
+  constexpr int kScaleLanes = 2 * S::kScaleRegionBytes / device::kAsyncCopyBytes;  // 4 pieces per scale region
+  constexpr int kPiecesPerScaleRegion = kScaleLanes / 2;
+  const int group = lane / kQuads, quad = lane % kQuads;
   const auto head = static_cast<uint32_t>(kv * p.head_bytes);
-  LaneOffsets o;
-  o.key = head + static_cast<uint32_t>(p.key_codes_offset) + group * S::kKeyRowBytes + quad * S::kKeySegmentBytes;
-  o.value = head + static_cast<uint32_t>(p.value_codes_offset) + kPair * quad * S::kValueRowBytes +
-            group * S::kValueSegmentBytes;
-  o.key_scales = head + static_cast<uint32_t>(p.key_scales_offset);
-  o.value_scales = head + static_cast<uint32_t>(p.value_scales_offset);
+  const bool f32_keys = key_norm == NormStorage::kF32, f32_values = value_norm == NormStorage::kF32;
+  LaneStage o;
+  o.src = head + static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
+  o.key_dst = S::KeyCopy::dst_offset(lane);
+  o.value_dst = S::kStageValueOffset + S::ValueCopy::dst_offset(lane);
+  // Lanes 0-3 copy the key scales' pieces, lanes 4-7 the value scales' (fp16 rows: 2 pieces, fp32: 4).
+  const bool value_scales = lane >= kPiecesPerScaleRegion;
+  const int piece = lane % kPiecesPerScaleRegion;
+  const uint32_t row_bytes = (value_scales ? f32_values : f32_keys) ? sizeof(float) : sizeof(uint16_t);
+  const bool copies = lane < kScaleLanes && (kValues || !value_scales) &&
+                      piece * device::kAsyncCopyBytes < static_cast<int>(kChunkTokens * row_bytes);
+  o.scale_row_bytes = copies ? row_bytes : 0u;
+  o.scale_src = head + static_cast<uint32_t>(value_scales ? p.value_scales_offset : p.key_scales_offset) +
+                static_cast<uint32_t>(piece * device::kAsyncCopyBytes);
+  o.scale_dst = (value_scales ? S::kStageValueScalesOffset : S::kStageKeyScalesOffset) + piece * device::kAsyncCopyBytes;
+  o.key_read = group * S::kKeyStride + quad * S::kKeySegmentBytes;
+  o.value_read = S::kStageValueOffset + kPair * quad * S::kValueStride + group * S::kValueSegmentBytes;
+  o.key_scale_read = S::kStageKeyScalesOffset + kPair * quad * (f32_keys ? sizeof(float) : sizeof(uint16_t));
+  o.value_scale_read = S::kStageValueScalesOffset + kPair * quad * (f32_values ? sizeof(float) : sizeof(uint16_t));
   return o;
 }
 
-template <class S, bool kValues = true>
-__device__ __forceinline__ void load_chunk_regs(const AttentionParams& p, const int32_t* block_row,
-                                                const LaneOffsets& o, int chunk, int quad, ChunkRegs<S>& r) {
-  // The chunk's page slot and first row (a multiple of 16: the chunk stays in its page); a shift
-  // when the page holds a power of two of chunks (every usual page size).
+// The block-table entry of chunk `chunk` of a sequence (raw: page_inside_pool tells whether it may be
+// read, at the time of use, so that the load's latency stays off the issuing path) and the chunk's
+// first row in its page (a multiple of 16: a chunk stays in its page). Shifts when a page holds a
+// power of two of chunks (every usual page size).
+__device__ __forceinline__ int chunk_page(const AttentionParams& p, const int32_t* block_row, int chunk) {
+  const int slot = p.page_chunks_log2 >= 0 ? chunk >> p.page_chunks_log2 : chunk / (p.page_size / kChunkTokens);
+  return __ldg(block_row + slot);
+}
+
+__device__ __forceinline__ bool page_inside_pool(const AttentionParams& p, int page) {
+  return page >= 0 && page < p.num_pages;
+}
+
+__device__ __forceinline__ int chunk_row0(const AttentionParams& p, int chunk) {
   const int chunks_per_page = p.page_size / kChunkTokens;
-  const int slot = p.page_chunks_log2 >= 0 ? chunk >> p.page_chunks_log2 : chunk / chunks_per_page;
-  const int row0 = (chunk - slot * chunks_per_page) * kChunkTokens;
-  int page = __ldg(block_row + slot);
-  r.page_ok = page >= 0 && page < p.num_pages;
-  if (!r.page_ok) page = 0;  // read something harmless; every token of the chunk is masked
-  const uint8_t* base = p.pages + static_cast<int64_t>(page) * p.page_bytes;
-  const uint8_t* key_rows = base + (o.key + static_cast<uint32_t>(row0 * S::kKeyRowBytes));
+  const int in_page = p.page_chunks_log2 >= 0 ? chunk & (chunks_per_page - 1) : chunk % chunks_per_page;
+  return in_page * kChunkTokens;
+}
+
+// Issues this lane's cp.async copies of chunk rows [row0, row0 + 16) of page `page` (K codes, K
+// scales, and with kValues V codes and V scales) into the stage at shared address `stage`. A page
+// outside the pool (`skip`) fills the stage with zeros instead (nothing is read; its tokens are
+// masked).
+template <class S, bool kValues>
+__device__ __forceinline__ void issue_chunk_copies(const AttentionParams& p, const LaneStage& o, int page, bool skip,
+                                                   int row0, uint32_t stage, int lane) {
+  const uint8_t* base = p.pages + static_cast<int64_t>(skip ? 0 : page) * p.page_bytes;
+  const uint8_t* keys = base + (o.src + static_cast<uint32_t>(p.key_codes_offset) + static_cast<uint32_t>(row0 * S::kKeyRowBytes));
+#pragma unroll
+  for (int j = 0; j < S::KeyCopy::kSteps; ++j)
+    if (S::KeyCopy::kPieces % kWarpSize == 0 || lane + j * kWarpSize < S::KeyCopy::kPieces)
+      device::async_copy_16(stage + o.key_dst + j * S::KeyCopy::kDstStep, keys + j * S::KeyCopy::kSrcStep, skip);
+  if constexpr (kValues) {
+    const uint8_t* values =
+        base + (o.src + static_cast<uint32_t>(p.value_codes_offset) + static_cast<uint32_t>(row0 * S::kValueRowBytes));
+#pragma unroll
+    for (int j = 0; j < S::ValueCopy::kSteps; ++j)
+      if (S::ValueCopy::kPieces % kWarpSize == 0 || lane + j * kWarpSize < S::ValueCopy::kPieces)
+        device::async_copy_16(stage + o.value_dst + j * S::ValueCopy::kDstStep, values + j * S::ValueCopy::kSrcStep, skip);
+  }
+  if (o.scale_row_bytes != 0u)
+    device::async_copy_16(stage + o.scale_dst, base + (o.scale_src + static_cast<uint32_t>(row0) * o.scale_row_bytes), skip);
+}
+
+// This lane's registers of the chunk in `stage` (shared memory), landed (async_copy_wait + __syncwarp).
+template <class S, bool kValues>
+__device__ __forceinline__ void read_chunk(const uint8_t* stage, const LaneStage& o, NormStorage key_norm,
+                                           NormStorage value_norm, ChunkRegs<S>& r) {
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt)
-    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(key_rows + nt * kMmaN * S::kKeyRowBytes, r.key[nt]);
-  load_scales(base + o.key_scales, row0, p.key_norm, quad, r.key_scale);
+    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + nt * kMmaN * S::kKeyStride, r.key[nt]);
+  read_scales(stage + o.key_scale_read, key_norm, r.key_scale);
   if constexpr (kValues) {
-    const uint8_t* value_rows = base + (o.value + static_cast<uint32_t>(row0 * S::kValueRowBytes));
 #pragma unroll
     for (int i = 0; i < kLaneTokens; ++i) {
       const int row = (i / kPair) * kMmaN + i % kPair;  // after the lane's first token 2 quad
-      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(value_rows + row * S::kValueRowBytes, r.value[i]);
+      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueStride, r.value[i]);
     }
-    load_scales(base + o.value_scales, row0, p.value_norm, quad, r.value_scale);
+    read_scales(stage + o.value_scale_read, value_norm, r.value_scale);
   }
 }
 
@@ -539,12 +703,17 @@ __device__ __forceinline__ void rotate_queries(const AttentionParams& p, int seq
 template <class S>
 __device__ __forceinline__ void qk_chunk(const ChunkRegs<S>& r, const uint4* qfrag, const uint8_t* table,
                                          uint32_t key_offset, float (&s)[kNTiles][kAccRegs]) {
-#pragma unroll
-  for (int nt = 0; nt < kNTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
   // S = Q K^T for tokens 8 nt + [0, 8): s[nt][e] + s[nt][2 + e] = score of head `group`, token 8 nt + 2 quad + e
   // (rows 0-7 of A are the queries' hi parts, rows 8-15 their lo parts). B = the key levels of code
   // pairs 2 kk and 2 kk + 1 of the lane's quarter row, times the table's key scale (host-chosen so
-  // that the fp16 levels are as exact as possible).
+  // that the fp16 levels are as exact as possible). Even and odd k-steps accumulate separately
+  // (four independent mma chains instead of two), summed at the end.
+  constexpr int kChains = 2;
+  float c[kChains][kNTiles][kAccRegs];
+#pragma unroll
+  for (int h = 0; h < kChains; ++h)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) c[h][nt][0] = c[h][nt][1] = c[h][nt][2] = c[h][nt][3] = 0.0f;
 #pragma unroll
   for (int kk = 0; kk < S::kKSteps; ++kk) {
     const uint4 q = qfrag[kk * kWarpSize];  // this lane's A fragment of k-step kk
@@ -559,45 +728,55 @@ __device__ __forceinline__ void qk_chunk(const ChunkRegs<S>& r, const uint4* qfr
         b0 = pair_levels<S::kKeyBits>(table, r.key[nt], kPair * kk, key_offset);
         b1 = pair_levels<S::kKeyBits>(table, r.key[nt], kPair * kk + 1, key_offset);
       }
-      device::mma_f16_m16n8k16(s[nt], q.x, q.y, q.z, q.w, b0, b1);
+      device::mma_f16_m16n8k16(c[kk % kChains][nt], q.x, q.y, q.z, q.w, b0, b1);
     }
   }
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+    for (int i = 0; i < kAccRegs; ++i) s[nt][i] = c[0][nt][i] + c[1][nt][i];
 }
 
 template <class S>
-__device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, int token0,
-                                             int first, int len, int quad, float factor,
+__device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, NormStorage key_norm,
+                                             NormStorage value_norm, int token0,
+                                             int first, int len, int quad, float factor_log2,
                                              const uint4* qfrag, const uint8_t* table,
                                              uint32_t key_offset, uint32_t value_offset, float& m_run, float& l_run,
                                              float (&acc)[S::kMTiles][kAccRegs]) {
   float s[kNTiles][kAccRegs];
   qk_chunk<S>(r, qfrag, table, key_offset, s);
-  // Logits in log2 units; i = 2 nt + e.
+  // Logits in log2 units (factor_log2 = the logit factor times log2(e)); i = 2 nt + e. The soft cap
+  // c * tanh(z / c) is the same map in log2 units with c * log2(e).
   float x[kLaneTokens];
   bool valid[kLaneTokens];
 #pragma unroll
   for (int i = 0; i < kLaneTokens; ++i) {
     const int nt = i / kPair, e = i % kPair;
-    const int token = token0 + nt * kMmaN + kPair * quad + e;
-    valid[i] = r.page_ok && token >= first && token < len;
-    float z = (s[nt][e] + s[nt][kPair + e]) * scale_at(r.key_scale, p.key_norm, i) * factor;
-    if (p.logit_softcap > 0.0f) z = p.logit_softcap * tanhf(z / p.logit_softcap);
-    x[i] = valid[i] ? z * kLog2e : kNegInf;
+    x[i] = (s[nt][e] + s[nt][kPair + e]) * scale_at(r.key_scale, key_norm, i) * factor_log2;
   }
-  float chunk_max = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+  if (p.logit_softcap > 0.0f) {
+    const float cap = p.logit_softcap * kLog2e, inverse_cap = 1.0f / cap;
 #pragma unroll
-  for (int d = 1; d < kQuads; d <<= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullWarpMask, chunk_max, d));
-  const float m_new = fmaxf(m_run, chunk_max);
-  const float m_use = m_new == kNegInf ? 0.0f : m_new;  // nothing attended yet: keep exp2 finite
-  const float alpha = fast_exp2(m_run - m_use);
-  float prob[kLaneTokens], sum = 0.0f;
+    for (int i = 0; i < kLaneTokens; ++i) x[i] = cap * tanhf(x[i] * inverse_cap);
+  }
 #pragma unroll
   for (int i = 0; i < kLaneTokens; ++i) {
-    prob[i] = fast_exp2(x[i] - m_use);
-    sum += prob[i];
+    const int token = token0 + (i / kPair) * kMmaN + kPair * quad + i % kPair;
+    valid[i] = r.page_ok && token >= first && token < len;
+    x[i] = valid[i] ? x[i] : kNegInf;
   }
-  l_run = l_run * alpha + sum;
-  if (__any_sync(kFullWarpMask, m_new > m_run)) {
+  // The running max of a head is shared by its group's four lanes. It changes only when some logit
+  // exceeds it (every chunk at first, rarely later): then the group max (two shuffles), the rescale
+  // of the sum and of the accumulators; otherwise nothing but the exponentials.
+  const float lane_max = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+  if (__any_sync(kFullWarpMask, lane_max > m_run)) {
+    float chunk_max = lane_max;
+#pragma unroll
+    for (int d = 1; d < kQuads; d <<= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullWarpMask, chunk_max, d));
+    const float m_new = fmaxf(m_run, chunk_max);
+    const float alpha = m_run == kNegInf ? 0.0f : fast_exp2(m_run - m_new);  // nothing attended yet: sums are 0
+    l_run *= alpha;
     // Accumulator columns are heads 2 quad and 2 quad + 1, owned by groups 2 quad and 2 quad + 1.
     const float alpha_even = __shfl_sync(kFullWarpMask, alpha, kPair * quad * kQuads);
     const float alpha_odd = __shfl_sync(kFullWarpMask, alpha, (kPair * quad + 1) * kQuads);
@@ -608,29 +787,64 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
       acc[mt][2] *= alpha_even;
       acc[mt][3] *= alpha_odd;
     }
+    m_run = m_new;
   }
-  m_run = m_new;
+  const float m_use = m_run == kNegInf ? 0.0f : m_run;  // nothing attended yet: keep exp2 finite
+  float prob[kLaneTokens], sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kLaneTokens; ++i) {
+    prob[i] = fast_exp2(x[i] - m_use);
+    sum += prob[i];
+  }
+  l_run += sum;
   // O^T += V^T P': B = P' of head `group`, tokens 2 quad + {0, 1} and 8 + 2 quad + {0, 1}.
   float weight[kLaneTokens];
 #pragma unroll
-  for (int i = 0; i < kLaneTokens; ++i) weight[i] = valid[i] ? prob[i] * scale_at(r.value_scale, p.value_norm, i) : 0.0f;
+  for (int i = 0; i < kLaneTokens; ++i) weight[i] = valid[i] ? prob[i] * scale_at(r.value_scale, value_norm, i) : 0.0f;
   const uint32_t b0 = half2_bits(weight[0], weight[1]);
   const uint32_t b1 = half2_bits(weight[2], weight[3]);
-  uint2 unit[kLaneTokens];  // two-pair value units (2 bits): m-tiles 2 j and 2 j + 1
+  if constexpr (CodeUnit<S::kValueBits>::kByteUnits) {
+    // 4 and 2 bits: the code fields of two tokens at the same coordinates are interleaved (one
+    // shift and one bit-select per word), so a table entry is directly an A register: the levels of
+    // tokens (2 quad, 2 quad + 1) or (8 + 2 quad, 9 + 2 quad) at coordinate c (rows 0-7) or c + 1
+    // (rows 8-15). mix[2 t + f]: token pair t, field f (f = 0: even codes of the stream, 1: odd).
+    constexpr int kBits = S::kValueBits;
+    constexpr uint32_t kEvenFields = kBits == 4 ? 0x0f0f0f0fu : 0x33333333u;  // every other field
+    uint32_t mix[kLaneTokens][S::kValueWords];
 #pragma unroll
-  for (int mt = 0; mt < S::kMTiles; ++mt) {
-    uint32_t v[kLaneTokens];
+    for (int t = 0; t < kPair; ++t)
 #pragma unroll
-    for (int i = 0; i < kLaneTokens; ++i) {
-      if constexpr (S::kValuePairsPerUnit == 2) {
-        if (mt % 2 == 0) unit[i] = unit_levels<S::kValueBits>(table, r.value[i], mt / 2, value_offset);
-        v[i] = mt % 2 == 0 ? unit[i].x : unit[i].y;
-      } else {
-        v[i] = pair_levels<S::kValueBits>(table, r.value[i], mt, value_offset);
+      for (int w = 0; w < S::kValueWords; ++w) {
+        const uint32_t first = r.value[kPair * t][w], second = r.value[kPair * t + 1][w];
+        mix[kPair * t][w] = (first & kEvenFields) | ((second << kBits) & ~kEvenFields);
+        mix[kPair * t + 1][w] = ((first >> kBits) & kEvenFields) | (second & ~kEvenFields);
       }
+    uint2 unit[kLaneTokens];  // two-pair units (2 bits): m-tiles 2 j and 2 j + 1
+#pragma unroll
+    for (int mt = 0; mt < S::kMTiles; ++mt) {
+      uint32_t a[kARegs];
+#pragma unroll
+      for (int k = 0; k < kARegs; ++k) {
+        if constexpr (S::kValuePairsPerUnit == 2) {
+          if (mt % 2 == 0) unit[k] = unit_levels<kBits>(table, mix[k], mt / 2, value_offset);
+          a[k] = mt % 2 == 0 ? unit[k].x : unit[k].y;
+        } else {
+          a[k] = pair_levels<kBits>(table, mix[k], mt, value_offset);
+        }
+      }
+      device::mma_f16_m16n8k16(acc[mt], a[0], a[1], a[2], a[3], b0, b1);
     }
-    device::mma_f16_m16n8k16(acc[mt], __byte_perm(v[0], v[1], kPermLowHalves), __byte_perm(v[0], v[1], kPermHighHalves),
-                 __byte_perm(v[2], v[3], kPermLowHalves), __byte_perm(v[2], v[3], kPermHighHalves), b0, b1);
+  } else {
+    // 3 bits (six-bit units): one lookup per token gives (coordinate c, c + 1); two byte permutes
+    // pair the tokens up.
+#pragma unroll
+    for (int mt = 0; mt < S::kMTiles; ++mt) {
+      uint32_t v[kLaneTokens];
+#pragma unroll
+      for (int i = 0; i < kLaneTokens; ++i) v[i] = pair_levels<S::kValueBits>(table, r.value[i], mt, value_offset);
+      device::mma_f16_m16n8k16(acc[mt], __byte_perm(v[0], v[1], kPermLowHalves), __byte_perm(v[0], v[1], kPermHighHalves),
+                               __byte_perm(v[2], v[3], kPermLowHalves), __byte_perm(v[2], v[3], kPermHighHalves), b0, b1);
+    }
   }
 }
 
@@ -639,23 +853,6 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
 // (Shape::kSmemBytes <= 72 KB).
 template <int HeadDim>
 inline constexpr int kMinSplitCtasPerSm = attention_ctas_per_sm(HeadDim);
-
-// ---- L2 prefetch of a future chunk ------------------------------------------------------------------
-// The register prefetch keeps one chunk per warp in flight, far too few bytes for the latency of
-// HBM (Little's law: ~4 TB/s x ~1 us = ~4 MB chip-wide). A warp therefore also asks L2 for the chunk
-// p.prefetch_distance of its own steps ahead: four bulk prefetches (no registers held, nothing
-// waited on), so its register loads hit L2. Lane r < kPrefetchRegions issues region r.
-enum PrefetchRegion : int { kKeyCodes, kKeyScales, kValueCodes, kValueScales, kPrefetchRegions };
-
-// Asks L2 for [p, p + bytes) (16-byte aligned, bytes a multiple of 16); a hint, never waited on.
-__device__ __forceinline__ void prefetch_l2(const uint8_t* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(__cvta_generic_to_global(p)), "r"(bytes)
-               : "memory");
-#else
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-#endif
-}
 
 // Programmatic dependent launch (sm_90): both kernels may be launched before the previous kernel of
 // the stream has finished; wait_for_prior_grids() returns once it has and its writes are visible.
@@ -666,52 +863,6 @@ __device__ __forceinline__ void wait_for_prior_grids() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
-}
-
-// The block-table entry of chunk `chunk` of sequence `seq` (-1 when outside the pool): loaded one
-// step before prefetch_chunk_l2 needs it, so the dependent load is off the critical path.
-__device__ __forceinline__ int prefetch_page(const AttentionParams& p, int seq, int chunk) {
-  const int slot = chunk * kChunkTokens / p.page_size;
-  const int page = __ldg(p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq + slot);
-  return page >= 0 && page < p.num_pages ? page : -1;
-}
-
-// Region `region` (< kPrefetchRegions) of chunk `chunk` in page `page` (>= 0). Planes start 16-byte
-// aligned (layout::kAlignment) and a chunk starts at row 16 i, so every region is 16-byte aligned
-// and a multiple of 16 bytes long.
-template <class S>
-__device__ __forceinline__ void prefetch_chunk_l2(const AttentionParams& p, int page, int kv, int chunk,
-                                                  int region) {
-  const int row0 = chunk * kChunkTokens % p.page_size;
-  const uint8_t* head = p.pages + page * p.page_bytes + kv * p.head_bytes;
-  constexpr int kFp32ScaleBytes = sizeof(float), kFp16ScaleBytes = sizeof(uint16_t);
-  const int key_scale_bytes = p.key_norm == NormStorage::kF32 ? kFp32ScaleBytes : kFp16ScaleBytes;
-  const int value_scale_bytes = p.value_norm == NormStorage::kF32 ? kFp32ScaleBytes : kFp16ScaleBytes;
-  static_assert((kChunkTokens * S::kKeyRowBytes) % kMaxLoadBytes == 0 &&
-                    (kChunkTokens * S::kValueRowBytes) % kMaxLoadBytes == 0 &&
-                    (kChunkTokens * kFp16ScaleBytes) % kMaxLoadBytes == 0,
-                "bulk prefetch sizes are multiples of 16 bytes");
-  int64_t offset;
-  int bytes;
-  switch (region) {
-    case kKeyCodes:
-      offset = p.key_codes_offset + static_cast<int64_t>(row0) * S::kKeyRowBytes;
-      bytes = kChunkTokens * S::kKeyRowBytes;
-      break;
-    case kKeyScales:
-      offset = p.key_scales_offset + static_cast<int64_t>(row0) * key_scale_bytes;
-      bytes = kChunkTokens * key_scale_bytes;
-      break;
-    case kValueCodes:
-      offset = p.value_codes_offset + static_cast<int64_t>(row0) * S::kValueRowBytes;
-      bytes = kChunkTokens * S::kValueRowBytes;
-      break;
-    default:  // kValueScales
-      offset = p.value_scales_offset + static_cast<int64_t>(row0) * value_scale_bytes;
-      bytes = kChunkTokens * value_scale_bytes;
-      break;
-  }
-  prefetch_l2(head + offset, static_cast<uint32_t>(bytes));
 }
 
 // kScores: the packed-QK scores op (cuda::scores) instead of attention: the same walk and Q.K^T,
@@ -765,72 +916,110 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     return;
   }
 
-  // Each warp's first p.prefetch_distance chunks go to L2 now, overlapping the query rotation:
-  // lane i takes region i % kPrefetchRegions of step i / kPrefetchRegions (independent loads).
-  const int prefetch_step = p.prefetch_distance * kAttentionWarps;  // chunks; 0 = off
-  for (int i = lane; i < p.prefetch_distance * kPrefetchRegions; i += kWarpSize) {
-    const int c = begin + warp + (i / kPrefetchRegions) * kAttentionWarps;
-    const int page = c < end ? prefetch_page(p, seq, c) : -1;
-    if (page >= 0) prefetch_chunk_l2<S>(p, page, kv, c, i % kPrefetchRegions);
-  }
-
-  // The warp's first chunk is loaded first, so that its latency overlaps the query rotation.
-  const LaneOffsets offsets = lane_offsets<S>(p, kv, group, quad);
   const int32_t* block_row = p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq;
-  ChunkRegs<S> cur{}, next{};
-  int chunk = begin + warp;
-  if (chunk < end) load_chunk_regs<S, !kScores>(p, block_row, offsets, chunk, quad, cur);
-
-  rotate_queries<HeadDim, QType>(p, seq, kv * p.group + head0, heads, q_hi, q_lo, factor_s);
-  __syncthreads();
-
-  // Query A fragments of k-step kk for lane (group, quad): {hi(c, c+1), lo(c, c+1), hi(c+2, c+3),
-  // lo(c+2, c+3)} of head `group`, c = quad * d/4 + 4 kk (rows 0-7 hi, rows 8-15 lo); the same for
-  // every warp, so stored once: entry kk * 32 + lane (one conflict-free 16-byte load per k-step).
-  for (int i = threadIdx.x; i < S::kKSteps * kWarpSize; i += kThreads) {
-    const int kk = i / kWarpSize, l = i % kWarpSize;
-    const int at = (l / kQuads) * HeadDim + (l % kQuads) * S::kKeySegmentCoords + S::kCoordsPerKStep * kk;
-    const uint2 h = *reinterpret_cast<const uint2*>(q_hi + at);
-    const uint2 lo = *reinterpret_cast<const uint2*>(q_lo + at);
-    qfrag[i] = make_uint4(h.x, lo.x, h.y, lo.y);
-  }
-  __syncthreads();
-  const float factor = factor_s[group];
-  const uint32_t key_offset = lane_copy_offset<KeyBits>(lane, false);
-  const uint32_t value_offset = lane_copy_offset<ValueBits>(lane, true);
-
   float acc[S::kMTiles][kAccRegs];
 #pragma unroll
   for (int mt = 0; mt < S::kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
   float m_run = kNegInf, l_run = 0.0f;
-
-  if constexpr (kScores) {
-    // Scores of head `group` (when inside the tile) for tokens 8 nt + 2 quad + e of each chunk.
-    float* out_row = p.scores + (row0 + group) * p.max_context;
-    for (; chunk < end; chunk += kAttentionWarps) {
-      if (chunk + kAttentionWarps < end)
-        load_chunk_regs<S, false>(p, block_row, offsets, chunk + kAttentionWarps, quad, next);
-      float s[kNTiles][kAccRegs];
-      qk_chunk<S>(cur, qfrag + lane, table, key_offset, s);
+  // The walk over the warp's chunks, compiled twice: with both scale planes fp16 (the usual case;
+  // no fp32 paths in the loop) and with the storage read from the parameters.
+  const auto walk = [&](auto half_scales) {
+    constexpr bool kHalfScales = decltype(half_scales)::value;
+    const NormStorage key_norm = kHalfScales ? NormStorage::kF16 : p.key_norm;
+    const NormStorage value_norm = kHalfScales ? NormStorage::kF16 : p.value_norm;
+    // The warp's first kStages chunks go in flight now, overlapping the query rotation (block-table
+    // entries first, so that their loads overlap too).
+    constexpr int kStages = S::kStages;
+    constexpr int kStep = kAttentionWarps;  // a warp walks chunks begin + warp, + kStep, ...
+    const LaneStage stage_offsets = lane_stage<S, !kScores>(p, kv, lane, key_norm, value_norm);
+    uint8_t* const ring = smem + S::kRingOffset + static_cast<size_t>(warp) * kStages * S::kStageBytes;
+    const uint32_t ring_address = device::shared_address(ring);
+    int chunk = begin + warp;
+    uint32_t ok_bits = 0u;  // bit i: the chunk i steps ahead of `chunk` has a page inside the pool
+    {
+      int pages[kStages];
 #pragma unroll
-      for (int i = 0; i < kLaneTokens; ++i) {
-        const int nt = i / kPair, e = i % kPair;
-        const int token = chunk * kChunkTokens + nt * kMmaN + kPair * quad + e;
-        if (group < heads && cur.page_ok && token < len)
-          out_row[token] = (s[nt][e] + s[nt][kPair + e]) * scale_at(cur.key_scale, p.key_norm, i) * factor;
+      for (int i = 0; i < kStages; ++i) pages[i] = chunk + i * kStep < end ? chunk_page(p, block_row, chunk + i * kStep) : 0;
+#pragma unroll
+      for (int i = 0; i < kStages; ++i) {
+        const int c = chunk + i * kStep;
+        if (c < end) {
+          const bool ok = page_inside_pool(p, pages[i]);
+          ok_bits |= (ok ? 1u : 0u) << i;
+          issue_chunk_copies<S, !kScores>(p, stage_offsets, pages[i], !ok, chunk_row0(p, c),
+                                          ring_address + i * S::kStageBytes, lane);
+        }
+        device::async_copy_commit();  // one group per chunk, empty past the end
       }
-      cur = next;
     }
+    // The block-table entry of the next chunk to issue (kStages steps ahead), loaded one step early.
+    int page_ahead = chunk + kStages * kStep < end ? chunk_page(p, block_row, chunk + kStages * kStep) : 0;
+
+    rotate_queries<HeadDim, QType>(p, seq, kv * p.group + head0, heads, q_hi, q_lo, factor_s);
+    __syncthreads();
+
+    // Query A fragments of k-step kk for lane (group, quad): {hi(c, c+1), lo(c, c+1), hi(c+2, c+3),
+    // lo(c+2, c+3)} of head `group`, c = quad * d/4 + 4 kk (rows 0-7 hi, rows 8-15 lo); the same for
+    // every warp, so stored once: entry kk * 32 + lane (one conflict-free 16-byte load per k-step).
+    for (int i = threadIdx.x; i < S::kKSteps * kWarpSize; i += kThreads) {
+      const int kk = i / kWarpSize, l = i % kWarpSize;
+      const int at = (l / kQuads) * HeadDim + (l % kQuads) * S::kKeySegmentCoords + S::kCoordsPerKStep * kk;
+      const uint2 h = *reinterpret_cast<const uint2*>(q_hi + at);
+      const uint2 lo = *reinterpret_cast<const uint2*>(q_lo + at);
+      qfrag[i] = make_uint4(h.x, lo.x, h.y, lo.y);
+    }
+    __syncthreads();
+    const float factor = factor_s[group];
+    const uint32_t key_offset = lane_copy_offset<KeyBits>(lane, false);
+    const uint32_t value_offset = lane_copy_offset<ValueBits>(lane, true);
+
+
+    for (int i = 0; chunk < end; chunk += kStep, ++i) {
+      // Chunk i of the warp: wait for its stage (the newer kStages - 1 groups may still fly), take it
+      // into registers, refill the stage with the chunk kStages steps ahead, then compute.
+      const int stage = i % kStages;
+      device::async_copy_wait<kStages - 1>();
+      __syncwarp();  // every lane's copies of the stage have landed
+      ChunkRegs<S> cur;
+      read_chunk<S, !kScores>(ring + stage * S::kStageBytes, stage_offsets, key_norm, value_norm, cur);
+      cur.page_ok = (ok_bits & 1u) != 0u;
+      __syncwarp();  // every lane has read the stage before it is refilled
+      const int ahead = chunk + kStages * kStep;
+      if (ahead < end) {
+        const bool ok = page_inside_pool(p, page_ahead);
+        ok_bits |= (ok ? 1u : 0u) << kStages;
+        issue_chunk_copies<S, !kScores>(p, stage_offsets, page_ahead, !ok, chunk_row0(p, ahead),
+                                        ring_address + stage * S::kStageBytes, lane);
+        page_ahead = ahead + kStep < end ? chunk_page(p, block_row, ahead + kStep) : 0;
+      }
+      device::async_copy_commit();
+      ok_bits >>= 1;
+
+      if constexpr (kScores) {
+        // Scores of head `group` (when inside the tile) for tokens 8 nt + 2 quad + e.
+        float s[kNTiles][kAccRegs];
+        qk_chunk<S>(cur, qfrag + lane, table, key_offset, s);
+        float* out_row = p.scores + (row0 + group) * p.max_context;
+#pragma unroll
+        for (int t = 0; t < kLaneTokens; ++t) {
+          const int nt = t / kPair, e = t % kPair;
+          const int token = chunk * kChunkTokens + nt * kMmaN + kPair * quad + e;
+          if (group < heads && cur.page_ok && token < len)
+            out_row[token] = (s[nt][e] + s[nt][kPair + e]) * scale_at(cur.key_scale, key_norm, t) * factor;
+        }
+      } else {
+        attend_chunk<S>(p, cur, key_norm, value_norm, chunk * kChunkTokens, first, len, quad, factor * kLog2e, qfrag + lane,
+                        table, key_offset, value_offset, m_run, l_run, acc);
+      }
+    }
+  };
+  if (p.key_norm == NormStorage::kF16 && p.value_norm == NormStorage::kF16) {
+    walk(std::true_type{});
   } else {
-  for (; chunk < end; chunk += kAttentionWarps) {
-    const int ahead = chunk + prefetch_step;  // == chunk when off: never prefetched
-    const int ahead_page = (prefetch_step > 0 && lane < kPrefetchRegions && ahead < end) ? prefetch_page(p, seq, ahead) : -1;
-    if (chunk + kAttentionWarps < end) load_chunk_regs<S>(p, block_row, offsets, chunk + kAttentionWarps, quad, next);
-    attend_chunk<S>(p, cur, chunk * kChunkTokens, first, len, quad, factor, qfrag + lane, table, key_offset, value_offset, m_run,
-                    l_run, acc);
-    if (ahead_page >= 0) prefetch_chunk_l2<S>(p, ahead_page, kv, ahead, lane);
-    cur = next;
+    walk(std::false_type{});
   }
+  device::async_copy_wait<0>();  // nothing in flight (the last groups are empty) before smem is reused
+  if constexpr (!kScores) {
   // Each lane summed its own tokens; the group's four lanes share one head.
 #pragma unroll
   for (int d = 1; d < kQuads; d <<= 1) l_run += __shfl_xor_sync(kFullWarpMask, l_run, d);
