@@ -11,7 +11,6 @@
 //   pct_copy_bw  GB/s over the card's copy bandwidth, measured once as (bytes read + written) / time
 //                of a 1 GiB device-to-device cudaMemcpyAsync
 //   splits       context splits per sequence (the heuristic's, or the sweep's)
-//   prefetch     L2 prefetch distance in chunks per warp (BM_DecodeAttentionSweep varies it)
 // Without a device every benchmark reports "no CUDA device" and the program exits 0.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
@@ -265,9 +264,9 @@ bool time_over_caches(benchmark::State& state, const std::vector<DevicePtr>& poo
   return true;
 }
 
-// One timed case: the shape of range(0..3), split count `splits` (0 = heuristic) and L2 prefetch
-// distance `prefetch` (-1 = the library default, 0 = off), programmatic dependent launch `pdl`.
-void run_case(benchmark::State& state, int32_t splits, int32_t prefetch, bool pdl) {
+// One timed case: the shape of range(0..3), split count `splits` (0 = heuristic), programmatic
+// dependent launch `pdl`.
+void run_case(benchmark::State& state, int32_t splits, bool pdl) {
   if (!device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -285,7 +284,6 @@ void run_case(benchmark::State& state, int32_t splits, int32_t prefetch, bool pd
   }
   tq::cuda::DecodeAttentionArgs a = s.args;
   a.num_splits = splits;
-  a.prefetch_distance = prefetch;
   a.programmatic_launch = pdl;
   const size_t need = tq::cuda::workspace_bytes(a);
   if (need > s.workspace_bytes) {  // more splits than the heuristic's
@@ -304,7 +302,6 @@ void run_case(benchmark::State& state, int32_t splits, int32_t prefetch, bool pd
   });
   if (!timed) return;
   state.counters["splits"] = tq::cuda::decode_attention_splits(a);
-  state.counters["prefetch"] = prefetch < 0 ? tq::cuda::kDefaultAttentionPrefetch : prefetch;
   state.counters["pdl"] = pdl ? 1 : 0;
   state.counters["caches"] = static_cast<double>(s.pools.size());
   state.SetLabel("K" + std::to_string(kb) + "V" + std::to_string(vb) + " batch " + std::to_string(batch) +
@@ -354,32 +351,25 @@ void BM_Scores(benchmark::State& state) {
                  std::to_string(context));
 }
 
-void BM_DecodeAttention(benchmark::State& state) { run_case(state, 0, -1, true); }
+void BM_DecodeAttention(benchmark::State& state) { run_case(state, 0, true); }
 
-// Tuning sweep (K4V4 unless noted): args batch, context, kbits, vbits, splits (0 = heuristic),
-// prefetch (-1 = default), pdl (programmatic dependent launch, 1 = on). Filter with
-// --benchmark_filter=Sweep.
+// Tuning sweep (K4V4): args batch, context, kbits, vbits, splits (0 = heuristic), pdl
+// (programmatic dependent launch, 1 = on). Filter with --benchmark_filter=Sweep.
 void BM_DecodeAttentionSweep(benchmark::State& state) {
-  run_case(state, static_cast<int32_t>(state.range(4)), static_cast<int32_t>(state.range(5)), state.range(6) != 0);
+  run_case(state, static_cast<int32_t>(state.range(4)), state.range(5) != 0);
 }
 
 void sweep(benchmark::internal::Benchmark* b) {
-  // {batch, context, the first version's split count, one more split count}; the first entry of
-  // each shape (old splits, prefetch 0, no PDL) reproduces the first version's configuration.
-  const int64_t cases[][4] = {{32, 16384, 2, 6}, {1, 131072, 33, 98}, {1, 32768, 33, 98}, {32, 4096, 2, 6}};
-  const int64_t prefetch[] = {0, 2, 4, 8, 16};
+  // {batch, context, two split counts around the heuristic's}: the heuristic with and without PDL,
+  // then the other split counts.
+  const int64_t cases[][4] = {{32, 16384, 2, 6}, {1, 131072, 33, 98}, {1, 32768, 17, 33}, {32, 4096, 2, 6}};
   for (const auto& c : cases) {
-    b->Args({c[0], c[1], 4, 4, c[2], 0, 0});
-    for (const int64_t d : prefetch) b->Args({c[0], c[1], 4, 4, 0, d, 1});
-    b->Args({c[0], c[1], 4, 4, 0, -1, 0});
-    b->Args({c[0], c[1], 4, 4, c[2], -1, 1});
-    b->Args({c[0], c[1], 4, 4, c[3], -1, 1});
+    b->Args({c[0], c[1], 4, 4, 0, 1});
+    b->Args({c[0], c[1], 4, 4, 0, 0});
+    b->Args({c[0], c[1], 4, 4, c[2], 1});
+    b->Args({c[0], c[1], 4, 4, c[3], 1});
   }
-  // Does the prefetch let fewer bytes mean less time?
-  for (const int64_t bits : {3, 2})
-    for (const auto& c : cases)
-      for (const int64_t d : {0, 8}) b->Args({c[0], c[1], bits, bits, 0, d, 1});
-  b->ArgNames({"batch", "context", "kbits", "vbits", "splits", "prefetch", "pdl"});
+  b->ArgNames({"batch", "context", "kbits", "vbits", "splits", "pdl"});
 }
 
 void shapes(benchmark::internal::Benchmark* b) {

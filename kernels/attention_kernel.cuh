@@ -15,14 +15,17 @@
 //   3. the queries of the head tile (up to 8 heads of one GQA group) rotated with the keys' RHT in
 //      fp32 (device/rht.cuh), normalised by their largest coordinate and split into fp16 hi + lo,
 //      stored once as every lane's A fragments (one 16-byte load per k-step);
-//   4. each warp walks every kAttentionWarps-th chunk, prefetching the next chunk's codes and scales
-//      into registers and the one p.prefetch_distance steps ahead into L2, and per chunk runs
+//   4. each warp walks every kAttentionWarps-th chunk through its own ring of kStages shared-memory
+//      stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
+//      registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it runs
 //        S = Q K^T  as 2 (n-tiles of 8 tokens) x HeadDim/16 (k-steps) mma.m16n8k16: A = queries
 //                   (rows 0-7 the hi parts of heads 0-7, rows 8-15 the lo parts, so S = C[g] +
 //                   C[g + 8]), B = key codes -> half2 levels through the code table;
-//        online softmax per head in log2 units (max, sum, rescale of the accumulators);
+//        online softmax per head in log2 units (the running max and the rescale only when a logit
+//                   exceeds it);
 //        O^T += V^T P'  as HeadDim/16 mma.m16n8k16: A = value codes -> half2 levels (m = coordinates,
-//                   k = the 16 tokens), B = P' = p_t * value_scale_t in fp16 (n = the 8 heads);
+//                   k = the 16 tokens; 4 and 2 bits: two tokens' code fields interleaved so that
+//                   one lookup is one A register), B = P' = p_t * value_scale_t in fp16 (n = the 8 heads);
 //      every coordinate permutation below is chosen so that a lane's codes are one contiguous
 //      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
 //   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
@@ -266,9 +269,9 @@ struct Shape {
   static_assert(kKeySegmentCoords == kCoordsPerKStep * kKSteps, "two code pairs per k-step");
   static_assert(kValueSegmentCoords == kPair * kMTiles, "one code pair per m-tile");
 
-  // Shared memory: the two pair tables, the query tile (hi and lo), the per-head logit factors;
-  // after the main loop the same bytes hold the warps' partials (rows padded by one float to
-  // spread the banks).
+  // Shared memory: the code table, the query tile (hi and lo), the per-head logit factors, then the
+  // stage ring; after the main loop the same bytes hold the warps' partials (rows padded by one
+  // float to spread the banks).
   static constexpr int kTableEntries =
       CodeUnit<KeyBits>::kEntries > CodeUnit<ValueBits>::kEntries ? CodeUnit<KeyBits>::kEntries : CodeUnit<ValueBits>::kEntries;
   static constexpr size_t kTableBytes = size_t{kTableEntries} * kEntryBytes;
@@ -848,9 +851,9 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   }
 }
 
-// Resident split CTAs per SM the register allocation aims at (attention_ctas_per_sm: <= 168
-// registers up to head_dim 128, <= 255 at 256). Shared memory allows this many
-// (Shape::kSmemBytes <= 72 KB).
+// Resident split CTAs per SM the register allocation aims at (attention_ctas_per_sm: <= 128
+// registers up to head_dim 128, <= 255 at 256). Shared memory allows this many (Shape::kSmemBytes:
+// <= 110 KB up to head_dim 128, <= 154 KB at 256).
 template <int HeadDim>
 inline constexpr int kMinSplitCtasPerSm = attention_ctas_per_sm(HeadDim);
 

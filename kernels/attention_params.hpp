@@ -67,8 +67,6 @@ struct AttentionParams {
   int32_t group = 0;                   // q_heads / kv_heads; query head h reads KV head h / group
   int32_t head_tiles = 0;              // ceil(group / kAttentionHeadsPerCta)
   int32_t num_splits = 0;              // context splits per (sequence, KV head, head tile)
-  int32_t prefetch_distance = 0;       // L2 prefetch: a warp bulk-prefetches the codes and scales of
-                                       // the chunk this many of its own chunks ahead; 0 = off
   bool programmatic_launch = false;    // host side only: launch with programmatic stream serialization
 
   float softmax_scale = 0.0f;          // resolved (never 0): multiplies q . k_hat

@@ -226,9 +226,6 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool 
     return make_status(StatusCode::kInvalidArgument, "max_seq_len = ", a.max_seq_len,
                        ": must be in [0, max_pages_per_seq * page_size = ", c.max_pages_per_seq, " * ", l.page_size,
                        " = ", capacity, "]");
-  if (a.prefetch_distance < -1 || a.prefetch_distance > kMaxAttentionPrefetch)
-    return make_status(StatusCode::kInvalidArgument, "prefetch_distance = ", a.prefetch_distance,
-                       ": must be in [-1, ", kMaxAttentionPrefetch, "] (-1 = default, 0 = off)");
   if (a.num_splits < 0 || a.num_splits > kMaxAttentionSplits)
     return make_status(StatusCode::kInvalidArgument, "num_splits = ", a.num_splits, ": must be in [0, ",
                        kMaxAttentionSplits, "] (0 = heuristic)");
@@ -332,7 +329,6 @@ Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, c
   detail::fill_cache_params(f, a.q, a.cache, &p);
   p.head_tiles = sh.head_tiles;
   p.num_splits = splits;
-  p.prefetch_distance = a.prefetch_distance < 0 ? kDefaultAttentionPrefetch : a.prefetch_distance;
   p.programmatic_launch = a.programmatic_launch;
   p.softmax_scale = a.softmax_scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(sh.head_dim)) : a.softmax_scale;
   p.logit_softcap = a.logit_softcap;

@@ -69,7 +69,6 @@ struct Spec {
   NormStorage key_norm = NormStorage::kF16;
   NormStorage value_norm = NormStorage::kF16;
   int32_t num_splits = 0;
-  int32_t prefetch = -1;        // DecodeAttentionArgs::prefetch_distance (a hint: results must not change)
   bool pdl = true;              // DecodeAttentionArgs::programmatic_launch
   int32_t q_row_padding = 0;    // extra elements between query heads (strided views)
   int32_t out_seq_padding = 0;  // extra elements between output sequences
@@ -83,7 +82,7 @@ std::string describe(const Spec& s) {
          " " + turboquant::to_string(s.dtype) + " kv=" + std::to_string(s.kv_heads) + " group=" +
          std::to_string(s.group) + " page=" + std::to_string(s.page_size) + " lens={" + lens +
          "} window=" + std::to_string(s.window) + " softcap=" + std::to_string(s.softcap) +
-         " splits=" + std::to_string(s.num_splits) + " prefetch=" + std::to_string(s.prefetch) +
+         " splits=" + std::to_string(s.num_splits) +
          " pdl=" + std::to_string(s.pdl);
 }
 
@@ -248,7 +247,6 @@ DeviceCase upload(const HostCase& c) {
   a.logit_softcap = s.softcap;
   a.max_seq_len = c.lens.empty() ? 0 : *std::max_element(c.lens.begin(), c.lens.end());
   a.num_splits = s.num_splits;
-  a.prefetch_distance = s.prefetch;
   a.programmatic_launch = s.pdl;
   d.workspace = DeviceBuffer(std::max<size_t>(tqcuda::workspace_bytes(a), 16));
   return d;
@@ -505,16 +503,15 @@ TEST(CudaAttention, ExplicitSplits) {
   }
 }
 
-// L2 prefetch distances (off, short, past the end of every split, the largest), fp16 and fp32
-// scales, pages of 16 and 64 tokens, with and without programmatic dependent launch.
-TEST(CudaAttention, PrefetchDistances) {
+// Scale storage (both fp16: the kernel's fast walk; fp32 and mixed: the general one), pages of
+// 16 and 64 tokens, with and without programmatic dependent launch.
+TEST(CudaAttention, ScaleStorageAndLaunchModes) {
   TQ_REQUIRE_DEVICE();
   uint64_t seed = 6000;
-  for (int32_t d : {0, 1, 3, 8, tqcuda::kMaxAttentionPrefetch})
+  for (const bool pdl : {true, false})
     for (NormStorage norm : {NormStorage::kF16, NormStorage::kF32}) {
       Spec s;
-      s.prefetch = d;
-      s.pdl = norm == NormStorage::kF16;  // plain launches too
+      s.pdl = pdl;
       s.key_norm = s.value_norm = norm;
       s.page_size = norm == NormStorage::kF16 ? 16 : 64;
       s.num_splits = 3;
@@ -693,9 +690,6 @@ std::vector<BadCase> bad_cases(const tqcuda::DecodeAttentionArgs& valid, tqcuda:
   add("NaN softcap", StatusCode::kInvalidArgument,
       [](BadCase& b) { b.args.logit_softcap = std::numeric_limits<float>::quiet_NaN(); });
   add("negative softmax scale", StatusCode::kInvalidArgument, [](BadCase& b) { b.args.softmax_scale = -1.0f; });
-  add("prefetch below -1", StatusCode::kInvalidArgument, [](BadCase& b) { b.args.prefetch_distance = -2; });
-  add("prefetch too far", StatusCode::kInvalidArgument,
-      [](BadCase& b) { b.args.prefetch_distance = tqcuda::kMaxAttentionPrefetch + 1; });
   add("too many splits", StatusCode::kInvalidArgument,
       [](BadCase& b) { b.args.num_splits = tqcuda::kMaxAttentionSplits + 1; });
   add("sm_count 0", StatusCode::kInvalidArgument, [](BadCase& b) { b.args.sm_count = 0; });

@@ -60,12 +60,6 @@ inline constexpr int32_t kMaxAttentionSplits = 256;
 inline constexpr int32_t kMaxAttentionGroup = 16;
 // The kernel walks the context in chunks of this many tokens; page_size must be a multiple.
 inline constexpr int32_t kAttentionChunkTokens = 16;
-// L2 prefetch distance of the kernel (chunks of one warp's walk ahead of the one it computes) when
-// DecodeAttentionArgs::prefetch_distance is -1, and the largest accepted. Off by default: on an
-// H200 (2026-11-28, bench_attention Sweep) every distance 2-16 was 15-25% slower than none (the
-// kernel is bound by instructions, not by bytes in flight).
-inline constexpr int32_t kDefaultAttentionPrefetch = 0;
-inline constexpr int32_t kMaxAttentionPrefetch = 32;
 
 struct DecodeAttentionArgs {
   Format format{};
@@ -83,9 +77,6 @@ struct DecodeAttentionArgs {
   int32_t num_splits = 0;      // context splits per sequence (flash-decoding); 0 = heuristic from
                                // max_seq_len, sliding_window, the grid and sm_count
   int32_t sm_count = kDefaultSmCount;  // SMs of the device, input of the heuristic only
-  int32_t prefetch_distance = -1;  // tuning: chunks (16 tokens) of each warp's walk bulk-prefetched
-                                   // into L2 ahead of use; -1 = kDefaultAttentionPrefetch, 0 = off,
-                                   // at most kMaxAttentionPrefetch. Never changes results.
   bool programmatic_launch = true;  // tuning: launch both kernels with programmatic dependent
                                    // launch (Hopper PDL: a kernel's CTAs start as the previous
                                    // kernel of the stream drains and wait before reading its
