@@ -38,11 +38,11 @@ __device__ __forceinline__ void load_side_chunk(const uint8_t* row, int bits, DT
 #pragma unroll
     for (int i = 0; i < device::kPairsPerChunk; ++i) {
       if (raw == DType::kBF16) {
-        v[2 * i] = attention_kernel::element_to_float<DType::kBF16>(pair[i] & 0xffffu);
-        v[2 * i + 1] = attention_kernel::element_to_float<DType::kBF16>(pair[i] >> 16);
+        v[2 * i] = device::low_half_to_float<DType::kBF16>(pair[i]);
+        v[2 * i + 1] = device::high_half_to_float<DType::kBF16>(pair[i]);
       } else {
-        v[2 * i] = attention_kernel::element_to_float<DType::kF16>(pair[i] & 0xffffu);
-        v[2 * i + 1] = attention_kernel::element_to_float<DType::kF16>(pair[i] >> 16);
+        v[2 * i] = device::low_half_to_float<DType::kF16>(pair[i]);
+        v[2 * i + 1] = device::high_half_to_float<DType::kF16>(pair[i]);
       }
     }
     return;

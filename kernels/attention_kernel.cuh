@@ -48,6 +48,7 @@
 #include "attention_params.hpp"
 #include "turboquant/cuda/attention.hpp"
 #include "turboquant/device/async_copy.cuh"
+#include "turboquant/device/chunk.cuh"
 #include "turboquant/device/common.cuh"
 #include "turboquant/device/mma.cuh"
 #include "turboquant/device/rht.cuh"
@@ -58,6 +59,7 @@
 namespace turboquant::cuda::detail {
 namespace attention_kernel {
 
+using device::half2_bits;
 using device::kFullWarpMask;
 using device::kWarpSize;
 
@@ -250,7 +252,6 @@ struct Shape {
   static constexpr int kKeySegmentAlign =
       min_int(min_int(lowest_bit(kKeyStride), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
   static constexpr int kKeyWords = words_for(kKeySegmentBytes);
-  static constexpr int kKeyPairBits = kPair * KeyBits;
   static constexpr int kKeyPairsPerUnit = CodeUnit<KeyBits>::kPairs;
   static constexpr int kCoordsPerKStep = 2 * kPair;  // of a lane's quarter: b0 and b1, a pair each
 
@@ -261,7 +262,6 @@ struct Shape {
   static constexpr int kValueSegmentAlign =
       min_int(min_int(lowest_bit(kValueStride), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
   static constexpr int kValueWords = words_for(kValueSegmentBytes);
-  static constexpr int kValuePairBits = kPair * ValueBits;
   static constexpr int kValuePairsPerUnit = CodeUnit<ValueBits>::kPairs;
 
   static_assert(kKeyRowBytes % kQuads == 0 && kValueRowBytes % kGroups == 0,
@@ -306,10 +306,6 @@ struct Shape {
 
 // ---- small device helpers -------------------------------------------------------------------------
 
-__device__ __forceinline__ uint32_t half2_bits(float low, float high) {
-  const __half2 h = __floats2half2_rn(low, high);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
 
 // 2^x with the hardware approximation (flush-to-zero: results below 2^-126 are 0, as every weight
 // that small is negligible next to the row maximum's 1).
@@ -361,81 +357,23 @@ __device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t (&w)[wor
   }
 }
 
-// Code pair i (bits [i * PairBits, (i + 1) * PairBits)) of a little-endian word stream; i is a
-// compile-time constant after unrolling, so this is one shift (or funnel shift) and one AND.
-template <int PairBits, int Words>
-__device__ __forceinline__ uint32_t code_pair(const uint32_t (&w)[Words], int i) {
-  const int bit = i * PairBits;
-  const int word = bit / kBitsPerWord, offset = bit % kBitsPerWord;
-  uint32_t v;
-  if (offset + PairBits <= kBitsPerWord) {
-    v = w[word] >> offset;
-  } else {
-    v = __funnelshift_r(w[word], w[word + 1], offset);
-  }
-  return v & ((1u << PairBits) - 1u);
-}
-
 // ---- query / output rows (f16 | bf16): one chunk of 8 coordinates per 16-byte access ------------
 
-inline constexpr int kChunksPerSignWord = 64 / device::kChunk;  // SignBits words hold 64 signs
-inline constexpr uint32_t kChunkSignMask = (1u << device::kChunk) - 1u;
-
-// Bit k set: coordinate 8 c + k is negated.
-__device__ __forceinline__ uint32_t chunk_sign_bits(const SignBits& signs, int c) {
-  return static_cast<uint32_t>(signs.words[c / kChunksPerSignWord] >> ((c % kChunksPerSignWord) * device::kChunk)) &
-         kChunkSignMask;
-}
-
-template <DType T>
-__device__ __forceinline__ float element_to_float(uint32_t bits16) {
-  if constexpr (T == DType::kF16) {
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
-  } else {
-    return __uint_as_float(bits16 << kHalfBits);
-  }
-}
-
-template <DType T>
-__device__ __forceinline__ uint32_t pack_elements(float low, float high) {
-  if constexpr (T == DType::kF16) {
-    const __half2 h = __floats2half2_rn(low, high);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __nv_bfloat162 b = __floats2bfloat162_rn(low, high);
-    return *reinterpret_cast<const uint32_t*>(&b);
-  }
-}
-
-// x = chunk c of a row (at src, 16-byte aligned) as floats, times the signs of `signs`.
+// x = chunk c of a row (at src, 16-byte aligned, read-only) as floats, times the signs of `signs`
+// (device/chunk.cuh: a flipped sign bit is an exact negation). Outputs go through
+// device::store_chunk.
 template <DType T>
 __device__ __forceinline__ void load_row_chunk(const uint8_t* src, const SignBits& signs, int c,
                                                float (&x)[device::kChunk]) {
-  const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+  const uint4 v = device::load16<true>(src);
   const uint32_t w[device::kPairsPerChunk] = {v.x, v.y, v.z, v.w};
-  const uint32_t negate = chunk_sign_bits(signs, c);
+  const device::ChunkSigns flip = device::chunk_signs(signs, c);
 #pragma unroll
   for (int i = 0; i < device::kPairsPerChunk; ++i) {
-    const float low = element_to_float<T>(w[i] & kLowHalfMask), high = element_to_float<T>(w[i] >> kHalfBits);
-    x[2 * i] = ((negate >> (2 * i)) & 1u) ? -low : low;
-    x[2 * i + 1] = ((negate >> (2 * i + 1)) & 1u) ? -high : high;
+    const uint32_t pair = w[i] ^ flip.pair[i];
+    x[2 * i] = device::low_half_to_float<T>(pair);
+    x[2 * i + 1] = device::high_half_to_float<T>(pair);
   }
-}
-
-// Stores x times the signs of `signs` as chunk c of a row (at dst, 16-byte aligned); rounding to
-// nearest even is symmetric, so negating before it equals negating after.
-template <DType T>
-__device__ __forceinline__ void store_row_chunk(uint8_t* dst, const SignBits& signs, int c,
-                                                const float (&x)[device::kChunk]) {
-  const uint32_t negate = chunk_sign_bits(signs, c);
-  uint32_t w[device::kPairsPerChunk];
-#pragma unroll
-  for (int i = 0; i < device::kPairsPerChunk; ++i) {
-    const float low = ((negate >> (2 * i)) & 1u) ? -x[2 * i] : x[2 * i];
-    const float high = ((negate >> (2 * i + 1)) & 1u) ? -x[2 * i + 1] : x[2 * i + 1];
-    w[i] = pack_elements<T>(low, high);
-  }
-  *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
 // Scale i (i = 2 n-tile + e: chunk row 8 n-tile + 2 quad + e) from the raw words of read_scales.
@@ -939,19 +877,20 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     const uint32_t ring_address = device::shared_address(ring);
     int chunk = begin + warp;
     uint32_t ok_bits = 0u;  // bit i: the chunk i steps ahead of `chunk` has a page inside the pool
+    // Issues chunk c (block-table entry `page`) into stage `stage`; its validity goes to bit `bit`.
+    const auto issue = [&](int c, int page, int stage, int bit) {
+      const bool ok = page_inside_pool(p, page);
+      ok_bits |= (ok ? 1u : 0u) << bit;
+      issue_chunk_copies<S, !kScores>(p, stage_offsets, page, !ok, chunk_row0(p, c), ring_address + stage * S::kStageBytes,
+                                      lane);
+    };
     {
       int pages[kStages];
 #pragma unroll
       for (int i = 0; i < kStages; ++i) pages[i] = chunk + i * kStep < end ? chunk_page(p, block_row, chunk + i * kStep) : 0;
 #pragma unroll
       for (int i = 0; i < kStages; ++i) {
-        const int c = chunk + i * kStep;
-        if (c < end) {
-          const bool ok = page_inside_pool(p, pages[i]);
-          ok_bits |= (ok ? 1u : 0u) << i;
-          issue_chunk_copies<S, !kScores>(p, stage_offsets, pages[i], !ok, chunk_row0(p, c),
-                                          ring_address + i * S::kStageBytes, lane);
-        }
+        if (chunk + i * kStep < end) issue(chunk + i * kStep, pages[i], i, i);
         device::async_copy_commit();  // one group per chunk, empty past the end
       }
     }
@@ -975,7 +914,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     const float factor = factor_s[group];
     const uint32_t key_offset = lane_copy_offset<KeyBits>(lane, false);
     const uint32_t value_offset = lane_copy_offset<ValueBits>(lane, true);
-
+    [[maybe_unused]] float* const score_row = kScores ? p.scores + (row0 + group) * p.max_context : nullptr;  // kScores: head `group`
 
     for (int i = 0; chunk < end; chunk += kStep, ++i) {
       // Chunk i of the warp: wait for its stage (the newer kStages - 1 groups may still fly), take it
@@ -989,10 +928,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
       __syncwarp();  // every lane has read the stage before it is refilled
       const int ahead = chunk + kStages * kStep;
       if (ahead < end) {
-        const bool ok = page_inside_pool(p, page_ahead);
-        ok_bits |= (ok ? 1u : 0u) << kStages;
-        issue_chunk_copies<S, !kScores>(p, stage_offsets, page_ahead, !ok, chunk_row0(p, ahead),
-                                        ring_address + stage * S::kStageBytes, lane);
+        issue(ahead, page_ahead, stage, kStages);
         page_ahead = ahead + kStep < end ? chunk_page(p, block_row, ahead + kStep) : 0;
       }
       device::async_copy_commit();
@@ -1002,13 +938,12 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
         // Scores of head `group` (when inside the tile) for tokens 8 nt + 2 quad + e.
         float s[kNTiles][kAccRegs];
         qk_chunk<S>(cur, qfrag + lane, table, key_offset, s);
-        float* out_row = p.scores + (row0 + group) * p.max_context;
 #pragma unroll
         for (int t = 0; t < kLaneTokens; ++t) {
           const int nt = t / kPair, e = t % kPair;
           const int token = chunk * kChunkTokens + nt * kMmaN + kPair * quad + e;
           if (group < heads && cur.page_ok && token < len)
-            out_row[token] = (s[nt][e] + s[nt][kPair + e]) * scale_at(cur.key_scale, key_norm, t) * factor;
+            score_row[token] = (s[nt][e] + s[nt][kPair + e]) * scale_at(cur.key_scale, key_norm, t) * factor;
         }
       } else {
         attend_chunk<S>(p, cur, key_norm, value_norm, chunk * kChunkTokens, first, len, quad, factor * kLog2e, qfrag + lane,
@@ -1100,17 +1035,8 @@ __global__ void __launch_bounds__(kMergeThreads)
       sum += weight * ms.y;
 #pragma unroll
       for (int u = 0; u < Layout::kChunks; ++u) {
-        const float* at = out + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk;
-        const float4 a = *reinterpret_cast<const float4*>(at);
-        const float4 b = *reinterpret_cast<const float4*>(at + sizeof(float4) / sizeof(float));
-        x[u][0] += weight * a.x;
-        x[u][1] += weight * a.y;
-        x[u][2] += weight * a.z;
-        x[u][3] += weight * a.w;
-        x[u][4] += weight * b.x;
-        x[u][5] += weight * b.y;
-        x[u][6] += weight * b.z;
-        x[u][7] += weight * b.w;
+        device::add_scaled_chunk(x[u], out + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk,
+                                 weight);
       }
     }
   }
@@ -1143,7 +1069,7 @@ __global__ void __launch_bounds__(kMergeThreads)
 #pragma unroll
   for (int u = 0; u < Layout::kChunks; ++u) {
     const int c = Layout::chunk_index(l, u);
-    store_row_chunk<OutType>(row + c * device::kChunk * kQElementBytes, p.value_signs, c, x[u]);
+    device::store_chunk<OutType>(row + c * device::kChunk * kQElementBytes, device::chunk_signs(p.value_signs, c), x[u]);
   }
   if (l == 0 && p.lse != nullptr) p.lse[v] = sum > 0.0f ? (m + log2f(sum)) * kLn2 : kNegInf;
 }

@@ -41,7 +41,10 @@
 #include "prefill_fragments.hpp"
 #include "prefill_params.hpp"
 #include "turboquant/cuda/prefill.hpp"
+#include "turboquant/device/async_copy.cuh"
+#include "turboquant/device/chunk.cuh"
 #include "turboquant/device/common.cuh"
+#include "turboquant/device/mma.cuh"
 #include "turboquant/device/rht.cuh"
 #include "turboquant/numeric.hpp"
 #include "turboquant/rht.hpp"
@@ -50,6 +53,7 @@
 namespace turboquant::cuda::detail {
 namespace prefill_kernel {
 
+using device::half2_bits;
 using device::kFullWarpMask;
 using device::kWarpSize;
 
@@ -127,21 +131,8 @@ struct Geometry {
 
 // ---- small device helpers ----------------------------------------------------------------------------
 
-__device__ __forceinline__ uint32_t half2_bits(float low, float high) {
-  const __half2 h = __floats2half2_rn(low, high);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
-  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  const uint32_t address = device::shared_address(p);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(address)
@@ -149,30 +140,11 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half* p) {
-  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  const uint32_t address = device::shared_address(p);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(address)
                : "memory");
-}
-
-template <DType T>
-__device__ __forceinline__ float element_to_float(uint32_t bits16) {
-  if constexpr (T == DType::kF16) {
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
-  } else {
-    return __uint_as_float(bits16 << 16);
-  }
-}
-
-template <DType T>
-__device__ __forceinline__ uint32_t pack_elements(float low, float high) {
-  if constexpr (T == DType::kF16) {
-    return half2_bits(low, high);
-  } else {
-    const __nv_bfloat162 b = __floats2bfloat162_rn(low, high);
-    return *reinterpret_cast<const uint32_t*>(&b);
-  }
 }
 
 // Sign of coordinate i: bit i of the RHT diagonal.
@@ -361,7 +333,7 @@ struct ChunkSource {
       uint32_t w[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        w[i] = half2_bits(element_to_float<QType>(w[i] & 0xffffu), element_to_float<QType>(w[i] >> 16));
+        w[i] = half2_bits(device::low_half_to_float<QType>(w[i]), device::high_half_to_float<QType>(w[i]));
       return make_uint4(w[0], w[1], w[2], w[3]);
     }
   }
@@ -415,7 +387,7 @@ __device__ __forceinline__ void load_queries(const PrefillParams& p, const Work&
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int k = 0; k < device::kChunk; ++k) {
-          const float e = element_to_float<QType>(k % 2 ? words[k / 2] >> 16 : words[k / 2] & 0xffffu);
+          const float e = k % 2 ? device::high_half_to_float<QType>(words[k / 2]) : device::low_half_to_float<QType>(words[k / 2]);
           x[u][k] = rotate && negated(p.key_signs, c * device::kChunk + k) ? -e : e;
         }
       }
@@ -516,8 +488,8 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
       for (int np = 0; np < kSTiles / 2; ++np) {
         uint32_t b[4];
         ldmatrix_x4(b, k_s + prefill_fragments::k_offset(lane, np, kk, G::kStride));
-        mma_16816(s[2 * np], a, b[0], b[1]);
-        mma_16816(s[2 * np + 1], a, b[2], b[3]);
+        device::mma_f16_m16n8k16(s[2 * np], a, b[0], b[1]);
+        device::mma_f16_m16n8k16(s[2 * np + 1], a, b[2], b[3]);
       }
     }
 
@@ -575,8 +547,8 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
       for (int np = 0; np < G::kDTiles / 2; ++np) {
         uint32_t b[4];
         ldmatrix_x4_trans(b, v_s + prefill_fragments::v_offset(lane, j, np, G::kStride));
-        mma_16816(acc[2 * np], a, b[0], b[1]);
-        mma_16816(acc[2 * np + 1], a, b[2], b[3]);
+        device::mma_f16_m16n8k16(acc[2 * np], a, b[0], b[1]);
+        device::mma_f16_m16n8k16(acc[2 * np + 1], a, b[2], b[3]);
       }
     }
   }
@@ -693,17 +665,8 @@ __global__ void __launch_bounds__(kCombineThreads) prefill_combine_kernel(const 
     sum += weight * ms.y;
 #pragma unroll
     for (int u = 0; u < Layout::kChunks; ++u) {
-      const float* at = partial + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk;
-      const float4 a = *reinterpret_cast<const float4*>(at);
-      const float4 b = *reinterpret_cast<const float4*>(at + 4);
-      x[u][0] += weight * a.x;
-      x[u][1] += weight * a.y;
-      x[u][2] += weight * a.z;
-      x[u][3] += weight * a.w;
-      x[u][4] += weight * b.x;
-      x[u][5] += weight * b.y;
-      x[u][6] += weight * b.z;
-      x[u][7] += weight * b.w;
+      device::add_scaled_chunk(x[u], partial + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk,
+                               weight);
     }
   };
   if (active && m != kNegInf)
@@ -729,7 +692,7 @@ __global__ void __launch_bounds__(kCombineThreads) prefill_combine_kernel(const 
     const int c = Layout::chunk_index(l, u);
     uint32_t h[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = pack_elements<QType>(x[u][2 * i] * inverse, x[u][2 * i + 1] * inverse);
+    for (int i = 0; i < 4; ++i) h[i] = device::pack_pair<QType>(x[u][2 * i] * inverse, x[u][2 * i + 1] * inverse);
     *reinterpret_cast<uint4*>(row + c * device::kChunk * kElementBytes) = make_uint4(h[0], h[1], h[2], h[3]);
   }
   if (l == 0 && p.lse != nullptr) p.lse[v] = sum > 0.0f ? (m + log2f(sum)) * kLn2 : kNegInf;

@@ -161,6 +161,21 @@ __device__ inline uint32_t pack_pair(float low, float high) {
   }
 }
 
+// x[0..8) += weight * the 8 floats at `at` (16-byte aligned): one chunk of an fp32 partial row
+// (the attention merge kernels).
+__device__ inline void add_scaled_chunk(float (&x)[kChunk], const float* at, float weight) {
+  const float4 a = *reinterpret_cast<const float4*>(at);
+  const float4 b = *reinterpret_cast<const float4*>(at + kChunk / 2);
+  x[0] += weight * a.x;
+  x[1] += weight * a.y;
+  x[2] += weight * a.z;
+  x[3] += weight * a.w;
+  x[4] += weight * b.x;
+  x[5] += weight * b.y;
+  x[6] += weight * b.z;
+  x[7] += weight * b.w;
+}
+
 // Stores x[0..8) at `dst` (16-byte aligned) as dtype T, with signs flipped per `flip` (after the
 // rounding: rounding to nearest even is symmetric, so this equals flipping before it).
 template <DType T>

@@ -8,6 +8,7 @@
 // Two 16-bit elements share a register, the lower index in the low half.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -21,6 +22,18 @@ __device__ __forceinline__ void mma_f16_m16n8k16(float (&c)[4], uint32_t a0, uin
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The same with the A fragment as an array {a0, a1, a2, a3}.
+__device__ __forceinline__ void mma_f16_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  mma_f16_m16n8k16(c, a[0], a[1], a[2], a[3], b0, b1);
+}
+
+// An fp16 operand register from two floats (round to nearest even), `low` in bits 0-15.
+__device__ __forceinline__ uint32_t half2_bits(float low, float high) {
+  const __half2 h = __floats2half2_rn(low, high);
+  return static_cast<uint32_t>(__half_as_ushort(__low2half(h))) |
+         (static_cast<uint32_t>(__half_as_ushort(__high2half(h))) << 16);
 }
 
 // C += A B with A, B bf16.
