@@ -14,6 +14,7 @@
 #include "attention_params.hpp"
 #include "cuda_checks.hpp"
 #include "cuda_status.hpp"
+#include "kernel_table.hpp"
 #include "turboquant/checks.hpp"
 #include "turboquant/layout.hpp"
 
@@ -23,12 +24,7 @@ namespace {
 using detail::AttentionParams;
 using detail::kAttentionHeadsPerCta;
 using detail::kAttentionWarps;
-using Launcher = cudaError_t (*)(const AttentionParams&, cudaStream_t) noexcept;
-
-struct Entry {
-  AttentionKernelKey key;
-  Launcher launch;
-};
+using Entry = detail::KernelEntry<AttentionParams>;
 
 // ---- the dispatch table: every entry of the list, for f16 and bf16 queries ---------------------------
 #define TQ_ATTENTION_INSTANCE(HeadDim, KeyBits, ValueBits)                                                 \
@@ -56,24 +52,6 @@ const Entry* find_generic_kernel(int32_t head_dim, DType q_dtype) noexcept {
   return nullptr;
 }
 
-const Entry* find_kernel(int32_t head_dim, int32_t key_bits, int32_t value_bits, DType q_dtype) noexcept {
-  for (const Entry& e : kKernels)
-    if (e.key.head_dim == head_dim && e.key.key_bits == key_bits && e.key.value_bits == value_bits &&
-        e.key.q_dtype == q_dtype)
-      return &e;
-  return nullptr;
-}
-
-std::string built_list() {
-  std::string s;
-  for (const Entry& e : kKernels) {
-    if (e.key.q_dtype != DType::kF16) continue;  // every entry is built for f16 and bf16
-    if (!s.empty()) s += ", ";
-    s += "(" + std::to_string(e.key.head_dim) + ", " + std::to_string(e.key.key_bits) + ", " +
-         std::to_string(e.key.value_bits) + ")";
-  }
-  return s;
-}
 
 // ---- split heuristic ----------------------------------------------------------------------------------
 // Per-CTA fixed cost (pair tables, query rotation, warp merge, partial store) in chunks of one
@@ -179,11 +157,11 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool 
   if (generic && (f.key.bits == 1 || f.value.bits == 1))
     return make_status(StatusCode::kUnsupportedFormat, "format.key.bits = ", f.key.bits, ", format.value.bits = ",
                        f.value.bits, ": with one side uncompressed the other takes 2, 3 or 4 bits");
-  *entry = generic ? find_generic_kernel(d, a.q.dtype) : find_kernel(d, f.key.bits, f.value.bits, a.q.dtype);
+  *entry = generic ? find_generic_kernel(d, a.q.dtype) : detail::find_kernel(kKernels, d, f.key.bits, f.value.bits, a.q.dtype);
   if (*entry == nullptr)
     return make_status(StatusCode::kUnsupportedFormat, "no decode-attention kernel for head_dim = ", d,
                        ", key.bits = ", f.key.bits, ", value.bits = ", f.value.bits, " (built (head_dim, key_bits, "
-                       "value_bits): ", built_list(), ", and a generic kernel for a side stored uncompressed)");
+                       "value_bits): ", detail::built_list(kKernels), ", and a generic kernel for a side stored uncompressed)");
 
   TQ_RETURN_IF_ERROR(checks::vectors("q", a.q, d, kVectorAlignment));
   TQ_RETURN_IF_ERROR(checks::vectors("out", a.out, d, kVectorAlignment));

@@ -10,6 +10,7 @@
 
 #include "cuda_checks.hpp"
 #include "cuda_status.hpp"
+#include "kernel_table.hpp"
 #include "prefill_params.hpp"
 #include "turboquant/checks.hpp"
 #include "turboquant/layout.hpp"
@@ -18,12 +19,7 @@ namespace turboquant::cuda {
 namespace {
 
 using detail::PrefillParams;
-using Launcher = cudaError_t (*)(const PrefillParams&, cudaStream_t) noexcept;
-
-struct Entry {
-  AttentionKernelKey key;
-  Launcher launch;
-};
+using Entry = detail::KernelEntry<PrefillParams>;
 
 #define TQ_PREFILL_INSTANCE(HeadDim, KeyBits, ValueBits)                                                   \
   Entry{AttentionKernelKey{HeadDim, KeyBits, ValueBits, DType::kF16},                                      \
@@ -36,24 +32,6 @@ const Entry kKernels[] = {
 #undef TQ_PREFILL_INSTANCE
 constexpr int32_t kNumKernels = static_cast<int32_t>(sizeof(kKernels) / sizeof(kKernels[0]));
 
-const Entry* find_kernel(int32_t head_dim, int32_t key_bits, int32_t value_bits, DType q_dtype) noexcept {
-  for (const Entry& e : kKernels)
-    if (e.key.head_dim == head_dim && e.key.key_bits == key_bits && e.key.value_bits == value_bits &&
-        e.key.q_dtype == q_dtype)
-      return &e;
-  return nullptr;
-}
-
-std::string built_list() {
-  std::string s;
-  for (const Entry& e : kKernels) {
-    if (e.key.q_dtype != DType::kF16) continue;
-    if (!s.empty()) s += ", ";
-    s += "(" + std::to_string(e.key.head_dim) + ", " + std::to_string(e.key.key_bits) + ", " +
-         std::to_string(e.key.value_bits) + ")";
-  }
-  return s;
-}
 
 int64_t ceil_div(int64_t a, int64_t b) noexcept { return (a + b - 1) / b; }
 
@@ -157,11 +135,11 @@ Status check(const PrefillAttentionArgs& a, Shape* sh, const Entry** entry) noex
   if (a.q.dtype != DType::kF16 && a.q.dtype != DType::kBF16)
     return make_status(StatusCode::kUnsupportedFormat, "q.dtype = ", to_string(a.q.dtype),
                        ": the CUDA prefill attention takes f16 or bf16 queries");
-  *entry = find_kernel(d, f.key.bits, f.value.bits, a.q.dtype);
+  *entry = detail::find_kernel(kKernels, d, f.key.bits, f.value.bits, a.q.dtype);
   if (*entry == nullptr)
     return make_status(StatusCode::kUnsupportedFormat, "no prefill-attention kernel for head_dim = ", d,
                        ", key.bits = ", f.key.bits, ", value.bits = ", f.value.bits,
-                       " (built (head_dim, key_bits, value_bits): ", built_list(), ")");
+                       " (built (head_dim, key_bits, value_bits): ", detail::built_list(kKernels), ")");
   TQ_RETURN_IF_ERROR(checks::vectors("q", a.q, d, kVectorAlignment));
   TQ_RETURN_IF_ERROR(checks::vectors("out", a.out, d, kVectorAlignment));
   if (a.out.dtype != a.q.dtype)
