@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "codec_params.hpp"
+#include "turboquant/device/async_copy.cuh"
 #include "turboquant/device/chunk.cuh"
 #include "turboquant/device/codebook.cuh"
 #include "turboquant/device/common.cuh"
@@ -34,7 +35,10 @@ inline constexpr int kWarpsPerBlock = kThreadsPerBlock / device::kWarpSize;
 // 80 (24 warps), 4 at 64. Encode and rotate spill below 128 (80 registers: 100-350 bytes); decode
 // fits 80 without spills (64 spills 64-160 bytes), and its few bytes per row in flight need the
 // extra warps. kernels/NOTES.md has the register report.
-inline constexpr int kEncodeMinBlocksPerSm = 2;
+#ifndef TURBOQUANT_ENCODE_MIN_BLOCKS_PER_SM  // experiment hook (bench A/B); see kernels/NOTES.md
+#define TURBOQUANT_ENCODE_MIN_BLOCKS_PER_SM 2
+#endif
+inline constexpr int kEncodeMinBlocksPerSm = TURBOQUANT_ENCODE_MIN_BLOCKS_PER_SM;
 // Decode: 3 blocks per SM (80 registers) where that does not spill (2 and 4 bits: measured +10%
 // at 4 bits on an H200); 1- and 3-bit decode spill 32-48 bytes at 80 registers and were measured
 // slower (3 bits: 157 us against 134 us at 2 blocks), so they keep 2.
@@ -73,20 +77,22 @@ __device__ inline void write_scale(void* p, NormStorage storage, float s) {
   }
 }
 
-// The bucketing tables of an encode kernel in shared memory (turboquant/device/codebook.cuh).
+// The tables of an encode kernel in shared memory: the bucketing grid and tree
+// (turboquant/device/codebook.cuh) and the RHT sign masks of every chunk of a vector.
+template <int HeadDim>
 struct EncodeTables {
-  float boundary[kMaxCells];
-  uint32_t below4[kMaxCells];
+  device::GridCell cell[kMaxCells];
   float node[kSearchTableSize];  // tree boundaries, levels at node[2^bits + i]
+  device::ChunkSigns sign[HeadDim / device::kChunk];
 };
 
-// Copies the tables into shared memory (call before __syncthreads()).
-__device__ inline void load_tables(EncodeTables& s, const EncodeParams& p) {
-  for (int i = static_cast<int>(threadIdx.x); i < p.cells.cells; i += kThreadsPerBlock) {
-    s.boundary[i] = p.cells.boundary[i];
-    s.below4[i] = static_cast<uint32_t>(p.cells.below[i]) * device::kLevelBytes;
-  }
+// Fills the tables (call before __syncthreads()).
+template <int HeadDim>
+__device__ inline void load_tables(EncodeTables<HeadDim>& s, const EncodeParams& p) {
+  for (int i = static_cast<int>(threadIdx.x); i < p.cells.cells; i += kThreadsPerBlock)
+    s.cell[i] = {p.cells.boundary[i], (static_cast<uint32_t>(p.cells.below[i]) + 1u) * device::kLevelBytes};
   if (threadIdx.x < kSearchTableSize) s.node[threadIdx.x] = p.tree.node[threadIdx.x];
+  if (threadIdx.x < HeadDim / device::kChunk) s.sign[threadIdx.x] = device::chunk_signs(p.signs, threadIdx.x);
 }
 
 // Which lookup, and whether the levels are needed (for the scale).
@@ -94,12 +100,12 @@ enum class Lookup { kGrid, kGridLevels, kTreeLevels };
 
 // Unit coordinates u = z * inv of a thread's chunks -> packed code words; with the levels, also the
 // sums of u * c and c * c over the thread's coordinates (c = the chosen level).
-template <int Bits, int kChunks, Lookup kLookup>
-__device__ inline void quantize_chunks(const float (&z)[kChunks][device::kChunk], float inv, const EncodeTables& s,
+template <int Bits, int kChunks, Lookup kLookup, int HeadDim>
+__device__ inline void quantize_chunks(const float (&z)[kChunks][device::kChunk], float inv, const EncodeTables<HeadDim>& s,
                                        const EncodeParams& p, uint32_t (&words)[kChunks], float& dot,
                                        float& levels_sq) {
   const float* levels = s.node + (1 << Bits);
-  const auto cell_mask = static_cast<uint32_t>(p.cells.cells - 1);
+  const auto cell_mask8 = static_cast<uint32_t>(p.cells.cells - 1) << kCellFractionBits;
 #pragma unroll
   for (int u = 0; u < kChunks; ++u) {
     uint32_t word = 0;
@@ -110,7 +116,7 @@ __device__ inline void quantize_chunks(const float (&z)[kChunks][device::kChunk]
       if constexpr (kLookup == Lookup::kTreeLevels) {
         offset4 = device::tree_level_offset<Bits>(unit, s.node, p.tree.node[1], p.tree.node[2], p.tree.node[3]);
       } else {
-        offset4 = device::cell_level_offset(unit, s.boundary, s.below4, p.cells.scale, p.cells.offset, cell_mask);
+        offset4 = device::cell_level_offset(unit, s.cell, p.cells.scale, p.cells.offset, cell_mask8);
       }
       word += device::packed_from_offset<Bits>(offset4, k);
       if constexpr (kLookup != Lookup::kGrid) {
@@ -148,27 +154,72 @@ struct RowPlace {
   int64_t slot = 0;     // paged: slot_mapping[token]
 };
 
-// One row of encode, loaded ahead: its place and its raw input.
-template <int kChunks>
-struct EncodeRow : RowPlace {
-  device::RawChunks<kChunks> raw;
-};
+// Encode stages its input rows through a ring of kEncodeStages slots per warp in shared memory,
+// filled by cp.async (turboquant/device/async_copy.cuh): while a warp computes one row, the next
+// is in flight, and no registers hold it. A slot holds, for each lane, the 16-byte words of its
+// chunks (1 per chunk for fp16 / bf16, 2 for fp32), word w of lane l at [w][l] (conflict-free
+// 16-byte accesses); each lane copies and later reads only its own words, so its own wait is
+// all the synchronisation needed.
+inline constexpr int kEncodeStages = 2;
 
-template <int kChunks, typename ChunkOf>
-__device__ inline void load_encode_row(const EncodeParams& p, int64_t row, int64_t rows, ChunkOf chunk_of,
-                                       EncodeRow<kChunks>& r) {
+// 16-byte words per lane in one slot, and the dynamic shared memory of a block.
+template <int HeadDim>
+__host__ __device__ constexpr int encode_words(DType input) {
+  return device::VectorLayout<HeadDim>::kChunks * (input == DType::kF32 ? 2 : 1);
+}
+template <int HeadDim>
+__host__ __device__ constexpr size_t encode_ring_bytes(DType input) {
+  return static_cast<size_t>(kEncodeStages) * kWarpsPerBlock * encode_words<HeadDim>(input) * device::kWarpSize *
+         device::kVectorBytes;
+}
+
+// Starts copying row `row` into the ring slot at shared address `slot` (this lane's word 0),
+// zero-filled past the end, and returns where the row goes (the slot of a paged row is loaded
+// now and read in the next iteration).
+template <int HeadDim>
+__device__ inline RowPlace issue_encode_row(const EncodeParams& p, int64_t row, int64_t rows, int lane_in_vector,
+                                            uint32_t slot) {
+  using Layout = device::VectorLayout<HeadDim>;
+  constexpr uint32_t kWordStride = device::kWarpSize * device::kVectorBytes;  // bytes between words
+  RowPlace r;
   r.active = row < rows;
   r.index = row;
-  if (!r.active) {
-    device::zero_raw_chunks(r.raw);
-    return;
+  const auto* src = static_cast<const uint8_t*>(p.input);
+  if (r.active) {
+    if (p.head_major) {
+      int64_t head = 0;
+      int32_t token = 0;
+      divmod(row, p.token_count, head, token);
+      r.token = token;
+      r.head = static_cast<int32_t>(head);
+    } else {
+      divmod(row, p.heads, r.token, r.head);
+    }
+    src += (r.token * p.input_stride0 + r.head * p.input_stride1) * p.input_element_bytes;
+    if (p.pages != nullptr) r.slot = __ldg(p.slot_mapping + r.token);
   }
-  divmod(row, p.heads, r.token, r.head);
-  const auto* src = static_cast<const uint8_t*>(p.input) +
-                    (r.token * p.input_stride0 + r.head * p.input_stride1) * p.input_element_bytes;
-  device::load_raw_chunks<kChunks, true>(src, p.input_dtype, chunk_of, r.raw);
-  if (p.pages != nullptr) r.slot = __ldg(p.slot_mapping + r.token);
+  if (p.input_dtype == DType::kF32) {
+    constexpr int kBytes = device::kChunk * sizeof(float);
+#pragma unroll
+    for (int u = 0; u < Layout::kChunks; ++u)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        device::async_copy_16(slot + (2 * u + h) * kWordStride,
+                              src + Layout::chunk_index(lane_in_vector, u) * kBytes + h * device::kVectorBytes,
+                              !r.active);
+  } else {
+    constexpr int kBytes = device::kChunk * sizeof(uint16_t);
+#pragma unroll
+    for (int u = 0; u < Layout::kChunks; ++u)
+      device::async_copy_16(slot + u * kWordStride, src + Layout::chunk_index(lane_in_vector, u) * kBytes, !r.active);
+  }
+  device::async_copy_commit();
+  return r;
 }
+
+// Whether encode transforms fp16 / bf16 rows with tensor cores (device::walsh_hadamard_mma).
+template <int HeadDim>
+inline constexpr bool kEncodeMma = device::VectorLayout<HeadDim>::kLanes >= 4;
 
 template <int HeadDim, int Bits>
 __global__ void __launch_bounds__(kThreadsPerBlock, kEncodeMinBlocksPerSm)
@@ -177,21 +228,31 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kEncodeMinBlocksPerSm)
   constexpr int kChunks = Layout::kChunks;
   constexpr int kLanes = Layout::kLanes;
   constexpr int kCodeBytes = HeadDim * Bits / device::kBitsPerByte;
-  // ||y||^2 = ||z||^2 / HeadDim for y = z / sqrt(HeadDim); 1 / HeadDim is a power of two (exact).
-  constexpr float kInvHeadDim = 1.0f / HeadDim;
+  constexpr float kInvSqrtHeadDim = inv_sqrt_pow2(HeadDim);
   constexpr int kAccumulators = 4;  // independent partial sums of ||z||^2 per thread
+  constexpr uint32_t kWordStride = device::kWarpSize * device::kVectorBytes;
 
-  __shared__ EncodeTables tables;
+  __shared__ EncodeTables<HeadDim> tables;
+  extern __shared__ uint4 ring[];  // [warp][stage][word][lane], encode_ring_bytes
   load_tables(tables, p);
   __syncthreads();
 
   const int lane = static_cast<int>(threadIdx.x) % device::kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / device::kWarpSize;
   const int lane_in_vector = lane % kLanes;
   const int lane_vector = lane / kLanes;
   const auto chunk_of = [lane_in_vector](int u) { return Layout::chunk_index(lane_in_vector, u); };
-  device::ChunkSigns flip[kChunks];
-#pragma unroll
-  for (int u = 0; u < kChunks; ++u) flip[u] = device::chunk_signs(p.signs, chunk_of(u));
+  const int words = encode_words<HeadDim>(p.input_dtype);
+  const uint4* my_ring = ring + warp * kEncodeStages * words * device::kWarpSize + lane;
+  const uint32_t my_ring_address = device::shared_address(my_ring);
+  const uint32_t slot_bytes = words * kWordStride;
+  const bool mma = kEncodeMma<HeadDim> && p.input_dtype != DType::kF32;
+  uint32_t hadamard_b[2][2];
+  if (p.input_dtype == DType::kBF16) {
+    device::hadamard16_b<true>(lane, hadamard_b);
+  } else {
+    device::hadamard16_b<false>(lane, hadamard_b);
+  }
   // The raw norm needs the levels only when a level is 0 (then ||c|| may be 0: scale 0, as the CPU).
   bool zero_level = false;
 #pragma unroll
@@ -202,16 +263,47 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kEncodeMinBlocksPerSm)
   const int64_t rows = p.tokens * p.heads.divisor;
 
   RowWalk<Layout::kVectorsPerWarp> walk(lane_vector);
-  EncodeRow<kChunks> next;
-  load_encode_row(p, walk.row, rows, chunk_of, next);
-  for (; walk.warp_continues(rows, lane_vector); walk.row += walk.stride) {
-    // Take this row out of the prefetch registers, then refill them with the next row.
-    float z[kChunks][device::kChunk];
-    device::convert_raw_chunks(next.raw, p.input_dtype, flip, z);
-    const RowPlace row{next.active, next.index, next.token, next.head, next.slot};
-    load_encode_row(p, walk.row + walk.stride, rows, chunk_of, next);  // in flight during this row
+  RowPlace next = issue_encode_row<HeadDim>(p, walk.row, rows, lane_in_vector, my_ring_address);
+  for (uint32_t stage = 0; walk.warp_continues(rows, lane_vector); walk.row += walk.stride, stage ^= 1u) {
+    // Start the next row into the other slot, then take this one out of its slot.
+    const RowPlace row = next;
+    next = issue_encode_row<HeadDim>(p, walk.row + walk.stride, rows, lane_in_vector,
+                                     my_ring_address + (stage ^ 1u) * slot_bytes);
+    device::async_copy_wait<1>();
+    const uint4* slot = my_ring + stage * words * device::kWarpSize;
 
-    device::walsh_hadamard<HeadDim>(z, lane);
+    float z[kChunks][device::kChunk];
+    if constexpr (kEncodeMma<HeadDim>) {
+      if (mma) {
+        uint4 raw[kChunks];
+#pragma unroll
+        for (int u = 0; u < kChunks; ++u) {
+          const uint4 w = slot[u * device::kWarpSize];
+          const device::ChunkSigns& f = tables.sign[chunk_of(u)];
+          raw[u] = make_uint4(w.x ^ f.pair[0], w.y ^ f.pair[1], w.z ^ f.pair[2], w.w ^ f.pair[3]);
+        }
+        if (p.input_dtype == DType::kBF16) {
+          device::walsh_hadamard_mma<HeadDim, true>(raw, hadamard_b, z, lane);
+        } else {
+          device::walsh_hadamard_mma<HeadDim, false>(raw, hadamard_b, z, lane);
+        }
+      }
+    }
+    if (!mma) {
+      device::RawChunks<kChunks> raw;
+      if (p.input_dtype == DType::kF32) {
+#pragma unroll
+        for (int w = 0; w < 2 * kChunks; ++w) raw.word[w] = slot[w * device::kWarpSize];
+      } else {
+#pragma unroll
+        for (int w = 0; w < kChunks; ++w) raw.word[w] = slot[w * device::kWarpSize];
+      }
+      device::ChunkSigns flip[kChunks];
+#pragma unroll
+      for (int u = 0; u < kChunks; ++u) flip[u] = tables.sign[chunk_of(u)];
+      device::convert_raw_chunks(raw, p.input_dtype, flip, z);
+      device::walsh_hadamard<HeadDim>(z, lane);
+    }
 
     float partial[kAccumulators] = {};
 #pragma unroll
@@ -228,9 +320,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kEncodeMinBlocksPerSm)
         for (int k = 0; k < device::kChunk; ++k) z[u][k] = 0.0f;
       sum_sq = 0.0f;
     }
-    // u = y / ||y|| = z / ||z||.
-    const float inv = sum_sq > 0.0f ? 1.0f / sqrtf(sum_sq) : 0.0f;
-    const float norm = sqrtf(sum_sq * kInvHeadDim);
+    // u = y / ||y|| = z / ||z||, ||y|| = ||z|| / sqrt(HeadDim); rsqrtf is within 2 ulp, so u and
+    // the norm are within a few ulp of the CPU's (codes may differ at ties, scales by ~3e-7).
+    const float inv = sum_sq > 0.0f ? rsqrtf(sum_sq) : 0.0f;
+    const float norm = sum_sq * inv * kInvSqrtHeadDim;
 
     uint32_t words[kChunks];
     float dot = 0.0f, levels_sq = 0.0f;
@@ -275,57 +368,85 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kEncodeMinBlocksPerSm)
   }
 }
 
-// One row of decode, loaded ahead: where it goes and its code words and scale.
+// One row of decode, loaded ahead: where it goes (nullptr: nowhere) and its code words and scale.
 template <int kChunks>
 struct DecodeRow {
-  bool active = false;  // row < rows and the row is to be written
-  int64_t token = 0;    // output row (dim0 index)
-  int32_t head = 0;
+  uint8_t* dst = nullptr;  // the output row; nullptr past the end, past a sequence, behind a bad entry
   float scale = 0.0f;
   uint32_t words[kChunks];
 };
 
+// The block-table side of a paged decode row, loaded one iteration before its codes, so that a
+// row's codes never wait for its block-table entry: the sequence length and the page of the row's
+// token (side by side: the entry exists whenever the token is inside max_pages_per_seq pages,
+// whatever the length; page -1 past them). Two registers; the row's place in its sequence is
+// recomputed when its codes are loaded. Dense rows need none.
+struct PageLookup {
+  int32_t seq_len = 0;
+  int32_t page = -1;
+};
+
+// A paged row's sequence, token in the sequence, and page index / row of that token (the token is
+// inside the pages given when page_index < max_pages_per_seq).
+struct PagedPlace {
+  int64_t seq = 0;
+  int32_t token = 0;
+  int64_t page_index = 0;
+  int32_t in_page = 0;
+};
+__device__ inline PagedPlace paged_place(const DecodeParams& p, int64_t token_row) {
+  PagedPlace q;
+  divmod(token_row, p.max_tokens, q.seq, q.token);
+  divmod(q.token, p.planes.page_size, q.page_index, q.in_page);  // token < max_tokens < 2^31
+  return q;
+}
+
+__device__ inline PageLookup lookup_page(const DecodeParams& p, int64_t row, int64_t rows) {
+  PageLookup l;
+  if (p.pages == nullptr || row >= rows) return l;
+  int64_t token_row = 0;
+  int32_t head = 0;
+  divmod(row, p.dim1, token_row, head);
+  const PagedPlace q = paged_place(p, token_row);
+  if (q.page_index < p.max_pages_per_seq) {
+    l.seq_len = __ldg(p.seq_lens + q.seq);
+    l.page = __ldg(p.block_table + q.seq * p.max_pages_per_seq + q.page_index);
+  }
+  return l;
+}
+
+// Issues the loads of row `row` (paged: its block-table side from lookup_page, loaded before).
 template <int HeadDim, int Bits, int kChunks, typename ChunkOf>
-__device__ inline void load_decode_row(const DecodeParams& p, int64_t row, int64_t rows, ChunkOf chunk_of,
-                                       DecodeRow<kChunks>& r) {
+__device__ inline void load_decode_row(const DecodeParams& p, int64_t row, int64_t rows, const PageLookup& l,
+                                       ChunkOf chunk_of, DecodeRow<kChunks>& r) {
   constexpr int kCodeBytes = HeadDim * Bits / device::kBitsPerByte;
-  r.active = row < rows;
+  bool active = row < rows;
   const uint8_t* codes = nullptr;
   const uint8_t* scale = nullptr;
-  if (r.active) {
-    divmod(row, p.dim1, r.token, r.head);
+  int64_t token = 0;
+  int32_t head = 0;
+  if (active) {
+    divmod(row, p.dim1, token, head);
     if (p.pages != nullptr) {
-      int64_t seq = 0;
-      int32_t token = 0;
-      divmod(r.token, p.max_tokens, seq, token);
       // Rows past the sequence (or past the pages given) and bad block-table entries: untouched.
-      // The sequence length and the block-table entry are loaded side by side (the entry exists
-      // whenever token < page_capacity, whatever the length), so a row waits for two dependent
-      // loads (entry, then codes), not three.
-      const int64_t page_capacity = static_cast<int64_t>(p.max_pages_per_seq) * p.planes.page_size.divisor;
-      int64_t page_index = 0;
-      int32_t in_page = 0;
-      int32_t seq_len = 0, page = -1;
-      if (token < page_capacity) {  // token < max_tokens already
-        divmod(token, p.planes.page_size, page_index, in_page);
-        seq_len = __ldg(p.seq_lens + seq);
-        page = __ldg(p.block_table + seq * p.max_pages_per_seq + page_index);
-      }
-      r.active = token < seq_len && page >= 0 && page < p.num_pages;
-      if (r.active) {
-        const uint8_t* head =
-            p.pages + static_cast<int64_t>(page) * p.planes.page_bytes + r.head * p.planes.head_bytes;
-        codes = head + p.planes.codes_offset + static_cast<int64_t>(in_page) * kCodeBytes;
-        scale = head + p.planes.scales_offset + static_cast<int64_t>(in_page) * p.scale_bytes;
+      const PagedPlace q = paged_place(p, token);
+      active = q.token < l.seq_len && l.page >= 0 && l.page < p.num_pages;
+      if (active) {
+        const uint8_t* at = p.pages + static_cast<int64_t>(l.page) * p.planes.page_bytes + head * p.planes.head_bytes;
+        codes = at + p.planes.codes_offset + static_cast<int64_t>(q.in_page) * kCodeBytes;
+        scale = at + p.planes.scales_offset + static_cast<int64_t>(q.in_page) * p.scale_bytes;
       }
     } else {
       codes = p.codes + row * kCodeBytes;
       scale = static_cast<const uint8_t*>(p.scales) + row * p.scale_bytes;
     }
   }
-  r.scale = r.active ? read_scale(scale, p.norm) : 0.0f;
+  r.dst = active ? static_cast<uint8_t*>(p.output) +
+                       (token * p.output_stride0 + head * p.output_stride1) * p.output_element_bytes
+                 : nullptr;
+  r.scale = active ? read_scale(scale, p.norm) : 0.0f;
 #pragma unroll
-  for (int u = 0; u < kChunks; ++u) r.words[u] = r.active ? device::load_chunk_codes<Bits>(codes, chunk_of(u)) : 0u;
+  for (int u = 0; u < kChunks; ++u) r.words[u] = active ? device::load_chunk_codes<Bits>(codes, chunk_of(u)) : 0u;
 }
 
 template <int HeadDim, int Bits>
@@ -341,25 +462,27 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm<Bits>)
   constexpr int kLevelMask = (1 << Bits) - 1;
   constexpr int kPairTableSize = device::kPairTableSize<Bits>;
   __shared__ float2 pair_levels[kPairTableSize];
+  // The RHT sign masks of every chunk, read back per row: kept in registers they are rebuilt from
+  // the sign bits each row under the 80-register cap (~60 instructions per row).
+  __shared__ device::ChunkSigns sign_table[HeadDim / device::kChunk];
   for (int i = static_cast<int>(threadIdx.x); i < kPairTableSize; i += kThreadsPerBlock) {
     const int entry = i / device::kPairCopies;
     pair_levels[i] = make_float2(p.levels[entry & kLevelMask], p.levels[entry >> Bits]);
   }
+  if (threadIdx.x < HeadDim / device::kChunk) sign_table[threadIdx.x] = device::chunk_signs(p.signs, threadIdx.x);
   __syncthreads();
 
   const int lane = static_cast<int>(threadIdx.x) % device::kWarpSize;
   const int lane_in_vector = lane % Layout::kLanes;
   const int lane_vector = lane / Layout::kLanes;
   const auto chunk_of = [lane_in_vector](int u) { return Layout::chunk_index(lane_in_vector, u); };
-  device::ChunkSigns flip[kChunks];
-#pragma unroll
-  for (int u = 0; u < kChunks; ++u) flip[u] = device::chunk_signs(p.signs, chunk_of(u));
   const uint32_t pair_copy = device::pair_copy_offset(lane);
   const int64_t rows = p.dim0 * p.dim1.divisor;
 
   RowWalk<Layout::kVectorsPerWarp> walk(lane_vector);
   DecodeRow<kChunks> next;
-  load_decode_row<HeadDim, Bits>(p, walk.row, rows, chunk_of, next);
+  load_decode_row<HeadDim, Bits>(p, walk.row, rows, lookup_page(p, walk.row, rows), chunk_of, next);
+  PageLookup ahead = lookup_page(p, walk.row + walk.stride, rows);  // the row after `next`
   for (; walk.warp_continues(rows, lane_vector); walk.row += walk.stride) {
     // Take this row out of the prefetch registers, then refill them with the next row.
     float x[kChunks][device::kChunk];
@@ -372,20 +495,22 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm<Bits>)
         x[u][2 * j] = __fmul_rn(next.scale, pair.x);
         x[u][2 * j + 1] = __fmul_rn(next.scale, pair.y);
       }
-    const bool active = next.active;
-    const int64_t token = next.token;
-    const int32_t head = next.head;
-    load_decode_row<HeadDim, Bits>(p, walk.row + walk.stride, rows, chunk_of, next);  // in flight during this row
+    uint8_t* const dst = next.dst;
+    // In flight during this row: the codes of the next row, the block-table side of the one after.
+    const PageLookup next_lookup = ahead;
+    ahead = lookup_page(p, walk.row + 2 * walk.stride, rows);
+    load_decode_row<HeadDim, Bits>(p, walk.row + walk.stride, rows, next_lookup, chunk_of, next);
 
     device::walsh_hadamard<HeadDim>(x, lane);
 
-    if (!active) continue;
+    if (dst == nullptr) continue;
 #pragma unroll
     for (int u = 0; u < kChunks; ++u)
 #pragma unroll
       for (int k = 0; k < device::kChunk; ++k) x[u][k] = __fmul_rn(x[u][k], kRhtScale);
-    auto* dst = static_cast<uint8_t*>(p.output) +
-                (token * p.output_stride0 + head * p.output_stride1) * p.output_element_bytes;
+    device::ChunkSigns flip[kChunks];
+#pragma unroll
+    for (int u = 0; u < kChunks; ++u) flip[u] = sign_table[chunk_of(u)];
     device::store_chunks<kChunks>(dst, p.output_dtype, chunk_of, flip, x);
   }
 }
@@ -467,9 +592,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kRotateMinBlocksPerSm)
 
 // Blocks for `vectors` rows: enough for every row, at most what the device keeps resident (the
 // per-SM occupancy is cached per kernel in *blocks_per_sm). Host calls only; no synchronisation.
+// Blocks for `vectors` rows: enough for every row, at most what the device keeps resident with
+// `shared_bytes` of dynamic shared memory per block (the per-SM occupancy is cached per kernel in
+// *blocks_per_sm; callers pass the same shared_bytes every time). Host calls only; no
+// synchronisation.
 template <typename Params>
 cudaError_t grid_blocks(void (*kernel)(Params), std::atomic<int>& blocks_per_sm, int64_t vectors,
-                        int64_t vectors_per_block, int* blocks) noexcept {
+                        int64_t vectors_per_block, size_t shared_bytes, int* blocks) noexcept {
   int device = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return e;
@@ -477,7 +606,7 @@ cudaError_t grid_blocks(void (*kernel)(Params), std::atomic<int>& blocks_per_sm,
   if (e != cudaSuccess) return e;
   int per_sm = blocks_per_sm.load(std::memory_order_relaxed);
   if (per_sm == 0) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsPerBlock, 0);
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsPerBlock, shared_bytes);
     if (e != cudaSuccess) return e;
     per_sm = std::max(per_sm, 1);
     blocks_per_sm.store(per_sm, std::memory_order_relaxed);
@@ -489,12 +618,20 @@ cudaError_t grid_blocks(void (*kernel)(Params), std::atomic<int>& blocks_per_sm,
 
 template <int HeadDim, int Bits>
 cudaError_t launch_encode(const EncodeParams& params, cudaStream_t stream) noexcept {
+  // The ring is sized for the input dtype; the occupancy (and the opt-in above 48 KiB) for the
+  // largest, fp32, so that one cached grid size fits every call.
   static std::atomic<int> blocks_per_sm{0};
+  constexpr size_t kMaxRingBytes = encode_ring_bytes<HeadDim>(DType::kF32);
+  static const cudaError_t opt_in = cudaFuncSetAttribute(
+      encode_kernel<HeadDim, Bits>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kMaxRingBytes));
+  if (opt_in != cudaSuccess) return opt_in;
   int blocks = 0;
   const cudaError_t e = grid_blocks(encode_kernel<HeadDim, Bits>, blocks_per_sm, params.tokens * params.heads.divisor,
-                                    int64_t{kWarpsPerBlock} * device::VectorLayout<HeadDim>::kVectorsPerWarp, &blocks);
+                                    int64_t{kWarpsPerBlock} * device::VectorLayout<HeadDim>::kVectorsPerWarp,
+                                    kMaxRingBytes, &blocks);
   if (e != cudaSuccess) return e;
-  encode_kernel<HeadDim, Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(params);
+  encode_kernel<HeadDim, Bits>
+      <<<blocks, kThreadsPerBlock, encode_ring_bytes<HeadDim>(params.input_dtype), stream>>>(params);
   return cudaGetLastError();
 }
 
@@ -503,7 +640,7 @@ cudaError_t launch_decode(const DecodeParams& params, cudaStream_t stream) noexc
   static std::atomic<int> blocks_per_sm{0};
   int blocks = 0;
   const cudaError_t e = grid_blocks(decode_kernel<HeadDim, Bits>, blocks_per_sm, params.dim0 * params.dim1.divisor,
-                                    int64_t{kWarpsPerBlock} * device::VectorLayout<HeadDim>::kVectorsPerWarp, &blocks);
+                                    int64_t{kWarpsPerBlock} * device::VectorLayout<HeadDim>::kVectorsPerWarp, 0, &blocks);
   if (e != cudaSuccess) return e;
   decode_kernel<HeadDim, Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(params);
   return cudaGetLastError();
@@ -514,7 +651,7 @@ cudaError_t launch_rotate(const RotateParams& params, cudaStream_t stream) noexc
   static std::atomic<int> blocks_per_sm{0};
   int blocks = 0;
   const cudaError_t e = grid_blocks(rotate_kernel<HeadDim>, blocks_per_sm, params.dim0 * params.dim1.divisor,
-                                    int64_t{kWarpsPerBlock} * device::VectorLayout<HeadDim>::kVectorsPerWarp, &blocks);
+                                    int64_t{kWarpsPerBlock} * device::VectorLayout<HeadDim>::kVectorsPerWarp, 0, &blocks);
   if (e != cudaSuccess) return e;
   rotate_kernel<HeadDim><<<blocks, kThreadsPerBlock, 0, stream>>>(params);
   return cudaGetLastError();

@@ -49,6 +49,11 @@ struct EncodeParams {
   int64_t input_stride1 = 0;          // elements between heads
   int64_t tokens = 0;
   FastDivisor heads{};                // rows per token
+  bool head_major = false;            // paged with tokens < 2^31: rows walked as row = head * tokens
+                                      // + token, so that a warp writes the codes of consecutive
+                                      // tokens of one head, side by side in a page (whole 32-byte
+                                      // sectors, also at 3 bits); else row = token * heads + head
+  FastDivisor token_count{};          // head_major: tokens
   DType input_dtype = DType::kF16;
   int32_t input_element_bytes = 0;    // dtype_bytes(input_dtype)
   uint8_t* codes = nullptr;           // dense: [tokens * heads, code_bytes] bytes, row t * heads + h

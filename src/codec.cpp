@@ -4,6 +4,7 @@
 #include "turboquant/cuda/codec.hpp"
 
 #include <cstdint>
+#include <limits>
 
 #include "codec_params.hpp"
 #include "codec_table.hpp"
@@ -138,6 +139,10 @@ Status encode(const EncodeArgs& a, Workspace /*workspace*/, cudaStream_t stream)
     p.slot_mapping = a.paged.slot_mapping;
     p.num_slots = a.paged.num_pages * a.paged.layout.page_size;
     p.planes = planes(a.paged.layout, a.paged.value_side);
+    if (a.input.dim0 <= std::numeric_limits<int32_t>::max()) {
+      p.head_major = true;
+      p.token_count = detail::make_fast_divisor(static_cast<int32_t>(a.input.dim0));
+    }
   }
   p.nonfinite_count = a.nonfinite_count;
   p.bad_slot_count = a.bad_slot_count;

@@ -71,7 +71,12 @@ inline void fill_search_tree(const Codebook& cb, int32_t n, int32_t count, int32
 inline constexpr int32_t kMaxCells = 256;     // power of two; 1 KiB of boundaries in shared memory
 inline constexpr int32_t kMinCells = 32;      // one shared-memory bank each: no conflicts in the bulk
 inline constexpr float kCellRange = 1.0625f;  // the grid covers |u| <= 1 plus a margin for rounding
-inline constexpr float kCellMagic = 12582912.0f;  // 1.5 * 2^23: float spacing 1 from 2^23 to 2^24
+// x + kCellMagic for x in [0, 2^20) has float spacing 2^-kCellFractionBits (1.5 * 2^20 sits in
+// [2^20, 2^21)): its low kCellFractionBits bits are x's eighths, the bits above its integer part.
+// So the bits of fmaf(u, scale, offset) masked with (cells - 1) << 3 are 8 * cell, the byte offset
+// of the cell's 8-byte entry in the kernels' table, with no shift.
+inline constexpr float kCellMagic = 1572864.0f;  // 1.5 * 2^20
+inline constexpr int32_t kCellFractionBits = 3;
 
 struct CodebookCells {
   int32_t cells = 0;     // power of two in [kMinCells, kMaxCells]; 0: use the search tree
@@ -81,9 +86,10 @@ struct CodebookCells {
   uint8_t below[kMaxCells] = {};   // boundaries in lower cells
 };
 
-// The cell of u, as the kernels compute it.
+// The cell of u, as the kernels compute it: x = u * scale + cells / 2 rounded to eighths, then
+// its integer part.
 [[nodiscard]] inline uint32_t cell_of(const CodebookCells& g, float u) noexcept {
-  return float_bits(std::fma(u, g.scale, g.offset)) & static_cast<uint32_t>(g.cells - 1);
+  return (float_bits(std::fma(u, g.scale, g.offset)) >> kCellFractionBits) & static_cast<uint32_t>(g.cells - 1);
 }
 
 // index_of(u) through the grid (cells > 0).

@@ -1,7 +1,7 @@
 // Codebook lookups and code packing for one chunk (8 coordinates) on the GPU, with the tables of
 // turboquant/codebook_search.hpp in shared memory:
-//   the grid (fast path): boundary[c] and below4[c] = 4 * below[c] (the byte offset of the level
-//   of the lowest index in cell c), c = the low bits of fmaf(u, scale, offset);
+//   the grid (fast path): cell c = (boundary, 4 * (below + 1)), c from the bits of
+//   fmaf(u, scale, offset) (turboquant/codebook_search.hpp);
 //   the tree (general path): node[1 .. 2^B) boundaries in Eytzinger order, node[2^B + i] = levels[i].
 // Consecutive cells / nodes sit in consecutive shared-memory banks and the cells of a warp's
 // coordinates mostly lie within 32 consecutive ones, so the lookups rarely conflict.
@@ -19,11 +19,25 @@ namespace turboquant::device {
 inline constexpr uint32_t kLevelBytes = sizeof(float);
 inline constexpr int kLevelBytesLog2 = 2;
 
-// The grid lookup: 4 * index_of(u), the byte offset of u's level in the level table.
-__device__ inline uint32_t cell_level_offset(float u, const float* boundary, const uint32_t* below4,
-                                             float scale, float offset, uint32_t cell_mask) {
-  const uint32_t c = __float_as_uint(__fmaf_rn(u, scale, offset)) & cell_mask;
-  return below4[c] + ((u > boundary[c]) ? kLevelBytes : 0u);
+// One grid cell as the encode kernel keeps it in shared memory: the boundary inside the cell
+// (+inf if none) and 4 * (below + 1), the byte offset of the level just above that boundary, so
+// that one 8-byte read serves a coordinate.
+struct GridCell {
+  float boundary;
+  uint32_t above4;
+};
+
+// The grid lookup: 4 * index_of(u), the byte offset of u's level in the level table. `cells` is
+// the GridCell table, `cell_mask8` = (cells - 1) << kCellFractionBits: the masked bits of the FMA
+// are the byte offset of u's cell (turboquant/codebook_search.hpp). set.le gives an all-ones mask
+// when u <= boundary, so the offset is one LEA: above4 - 4 there, above4 else.
+__device__ inline uint32_t cell_level_offset(float u, const GridCell* cells, float scale, float offset,
+                                             uint32_t cell_mask8) {
+  const uint32_t c8 = __float_as_uint(__fmaf_rn(u, scale, offset)) & cell_mask8;
+  const GridCell cell = *reinterpret_cast<const GridCell*>(reinterpret_cast<const char*>(cells) + c8);
+  uint32_t at_or_below = 0;
+  asm("set.le.u32.f32 %0, %1, %2;" : "=r"(at_or_below) : "f"(u), "f"(cell.boundary));
+  return cell.above4 + (at_or_below << kLevelBytesLog2);
 }
 
 // The tree lookup: 4 * index_of(u). root = node[1], left = node[2], right = node[3] (uniform
