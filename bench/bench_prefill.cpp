@@ -5,7 +5,9 @@
 //                (the chunk already in the cache) or kFresh (the chunk's K/V given in fp16)
 //   BM_Verify    a speculative verify window of 8 tokens over a 32K prefix, both orders, against
 //                one decode step (cuda::decode_attention) over the same cache: counter
-//                verify_over_decode = verify ms / decode ms
+//                verify_over_decode = verify ms / decode ms (kAppended runs as 8 decode rows,
+//                PrefillAttentionArgs::small_windows_as_decode; BM_VerifyPrefillKernel: the
+//                same window on the prefill kernel)
 //
 // Method as bench_attention: CUDA events around each call, manual time, the caches rotated over
 // copies so the working set (> 256 MB) exceeds the L2 cache, random codes with scales in
@@ -220,7 +222,7 @@ double attention_flops(int64_t prefix, int64_t chunk) {
   return 4.0 * kQHeads * kHeadDim * keys;
 }
 
-void run_prefill(benchmark::State& state, int32_t chunk, int32_t splits = 0) {
+void run_prefill(benchmark::State& state, int32_t chunk, int32_t splits = 0, bool windows_as_decode = true) {
   if (!device_available()) {
     state.SkipWithError("no CUDA device");
     return;
@@ -240,6 +242,7 @@ void run_prefill(benchmark::State& state, int32_t chunk, int32_t splits = 0) {
   }
   tq::cuda::PrefillAttentionArgs a = prefill_args(s, order);
   a.num_splits = splits;
+  a.small_windows_as_decode = windows_as_decode;
   const tq::Status ok = tq::cuda::can_implement(a);
   if (!ok.is_ok()) {
     state.SkipWithError(ok.to_string().c_str());
@@ -278,18 +281,23 @@ void run_prefill(benchmark::State& state, int32_t chunk, int32_t splits = 0) {
       state.counters["verify_over_decode"] = ms / decode_ms;
     }
   }
+  const bool as_decode = windows_as_decode && appended && chunk <= tq::cuda::kMaxDecodeWindow;
   state.SetLabel(std::string(appended ? "appended" : "fresh") + ", chunk " + std::to_string(chunk) + " over " +
-                 std::to_string(kPrefix) + " K4V4");
+                 std::to_string(kPrefix) + " K4V4" + (as_decode ? ", as decode rows" : ""));
 }
 
 void BM_Prefill(benchmark::State& state) { run_prefill(state, 2048); }
 void BM_Verify(benchmark::State& state) { run_prefill(state, 8); }
 
-// Tuning: the verify window with explicit KV split counts (0 = the heuristic). Filter: VerifySplits.
-void BM_VerifySplits(benchmark::State& state) { run_prefill(state, 8, static_cast<int32_t>(state.range(1))); }
+// The verify window on the prefill kernel (small_windows_as_decode = false), for comparison.
+void BM_VerifyPrefillKernel(benchmark::State& state) { run_prefill(state, 8, 0, false); }
+
+// Tuning: the verify window on the prefill kernel with explicit KV split counts. Filter: VerifySplits.
+void BM_VerifySplits(benchmark::State& state) { run_prefill(state, 8, static_cast<int32_t>(state.range(1)), false); }
 
 BENCHMARK(BM_Prefill)->ArgName("order")->Arg(1)->Arg(0)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Verify)->ArgName("order")->Arg(1)->Arg(0)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_VerifyPrefillKernel)->ArgName("order")->Arg(1)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_VerifySplits)
     ->ArgNames({"order", "splits"})
     ->ArgsProduct({{1}, {8, 16, 32, 64, 128}})

@@ -67,6 +67,7 @@ struct Spec {
   float softcap = 0.0f;
   int32_t num_splits = 0;
   bool with_lse = true;
+  bool windows_as_decode = true;  // PrefillAttentionArgs::small_windows_as_decode
   std::vector<Seq> seqs;
   uint64_t seed = 1;
 };
@@ -78,7 +79,7 @@ std::string describe(const Spec& s) {
          " " + turboquant::to_string(s.dtype) + " kv=" + std::to_string(s.kv_heads) + " group=" +
          std::to_string(s.group) + " page=" + std::to_string(s.page_size) + " order=" + turboquant::to_string(s.order) +
          " window=" + std::to_string(s.window) + " softcap=" + std::to_string(s.softcap) + " splits=" +
-         std::to_string(s.num_splits) + " seqs=" + seqs;
+         std::to_string(s.num_splits) + (s.windows_as_decode ? "" : " prefill-kernel") + " seqs=" + seqs;
 }
 
 uint16_t to_bits(float v, DType t) {
@@ -261,6 +262,7 @@ DeviceCase upload(const HostCase& c) {
   a.logit_softcap = s.softcap;
   a.max_seq_len = c.max_len;
   a.num_splits = s.num_splits;
+  a.small_windows_as_decode = s.windows_as_decode;
   dc.workspace = DeviceBuffer(std::max<size_t>(tqcuda::workspace_bytes(a), 16));
   return dc;
 }
@@ -396,6 +398,41 @@ TEST(CudaPrefill, MixedBatch) {
     }
 }
 
+// Verify windows (at most kMaxDecodeWindow tokens, kAppended) as decode rows and on the prefill
+// kernel: both against the reference, over GQA 1 / 4 / 8, page sizes 16 / 64 (decode rows) and 8
+// (the decode kernel cannot: the prefill kernel runs either way), window and soft cap, windows of
+// 1 to 16 tokens over prefixes 0 to 4096.
+TEST(CudaPrefill, SmallWindowsAsDecodeRows) {
+  TQ_REQUIRE_DEVICE();
+  for (bool as_decode : {true, false})
+    for (int32_t group : {1, 4, 8})
+      for (int32_t page : {16, 64, 8}) {
+        Spec s;
+        s.windows_as_decode = as_decode;
+        s.group = group;
+        s.kv_heads = 2;
+        s.page_size = page;
+        s.window = group == 4 ? 100 : 0;
+        s.softcap = group == 8 ? 30.0f : 0.0f;
+        s.seqs = {{long_prefix(), 8}, {0, 2}, {1, 5}, {17, 16}, {300, 1}, {5, 0}, {1000, 3}};
+        s.seed = 7 + group + page;
+        check_case(s);
+      }
+  // The decode-row path is the one taken where the decode kernel supports the call: its workspace
+  // (rows of block table and lengths plus the decode partials) differs from the prefill kernel's.
+  Spec s;
+  s.seqs = {{long_prefix(), 8}, {0, 2}};
+  const HostCase c = make_case(s);
+  DeviceCase dc = upload(c);
+  const size_t as_rows = tqcuda::workspace_bytes(dc.args);
+  dc.args.small_windows_as_decode = false;
+  EXPECT_NE(as_rows, tqcuda::workspace_bytes(dc.args));
+  dc.args.max_query_len = tqcuda::kMaxDecodeWindow + 1;  // too long a window: the prefill kernel
+  const size_t prefill = tqcuda::workspace_bytes(dc.args);
+  dc.args.small_windows_as_decode = true;
+  EXPECT_EQ(prefill, tqcuda::workspace_bytes(dc.args));
+}
+
 // Every kernel of the dispatch table (GQA 3 and 16, bf16 included).
 TEST(CudaPrefill, EveryBuiltKernel) {
   TQ_REQUIRE_DEVICE();
@@ -432,36 +469,37 @@ TEST(CudaPrefill, Splits) {
 // A captured graph replays to the eager result, bit for bit.
 TEST(CudaPrefill, GraphCaptureEqualsEager) {
   TQ_REQUIRE_DEVICE();
-  for (PrefillOrder order : {PrefillOrder::kAppended, PrefillOrder::kFresh}) {
-    Spec s;
-    s.order = order;
-    s.seqs = {{500, 8}, {1, 1}, {64, 33}};
-    const HostCase c = make_case(s);
-    DeviceCase dc = upload(c);
-    cudaStream_t stream = nullptr;
-    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    poison(dc);
-    ASSERT_TRUE(run(dc, stream).is_ok());
-    CUDA_OK(cudaStreamSynchronize(stream));
-    const Result eager = download(c, dc);
-    poison(dc);
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    const Status st = run(dc, stream);
-    CUDA_OK(cudaStreamEndCapture(stream, &graph));
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-    for (int rep = 0; rep < 2; ++rep) CUDA_OK(cudaGraphLaunch(exec, stream));
-    CUDA_OK(cudaStreamSynchronize(stream));
-    const Result replay = download(c, dc);
-    EXPECT_EQ(0, std::memcmp(eager.raw.data(), replay.raw.data(), eager.raw.size() * sizeof(uint16_t)));
-    EXPECT_EQ(0, std::memcmp(eager.lse.data(), replay.lse.data(), eager.lse.size() * sizeof(float)));
-    compare(c, replay, reference(c));
-    CUDA_OK(cudaGraphExecDestroy(exec));
-    CUDA_OK(cudaGraphDestroy(graph));
-    CUDA_OK(cudaStreamDestroy(stream));
-  }
+  for (PrefillOrder order : {PrefillOrder::kAppended, PrefillOrder::kFresh})
+    for (int32_t last : {33, 3}) {  // 3: every window <= kMaxDecodeWindow (kAppended: decode rows)
+      Spec s;
+      s.order = order;
+      s.seqs = {{500, 8}, {1, 1}, {64, last}};
+      const HostCase c = make_case(s);
+      DeviceCase dc = upload(c);
+      cudaStream_t stream = nullptr;
+      CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      poison(dc);
+      ASSERT_TRUE(run(dc, stream).is_ok());
+      CUDA_OK(cudaStreamSynchronize(stream));
+      const Result eager = download(c, dc);
+      poison(dc);
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      const Status st = run(dc, stream);
+      CUDA_OK(cudaStreamEndCapture(stream, &graph));
+      ASSERT_TRUE(st.is_ok()) << st.to_string();
+      CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+      for (int rep = 0; rep < 2; ++rep) CUDA_OK(cudaGraphLaunch(exec, stream));
+      CUDA_OK(cudaStreamSynchronize(stream));
+      const Result replay = download(c, dc);
+      EXPECT_EQ(0, std::memcmp(eager.raw.data(), replay.raw.data(), eager.raw.size() * sizeof(uint16_t)));
+      EXPECT_EQ(0, std::memcmp(eager.lse.data(), replay.lse.data(), eager.lse.size() * sizeof(float)));
+      compare(c, replay, reference(c));
+      CUDA_OK(cudaGraphExecDestroy(exec));
+      CUDA_OK(cudaGraphDestroy(graph));
+      CUDA_OK(cudaStreamDestroy(stream));
+    }
 }
 
 // ---- merge -------------------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ inline constexpr int32_t kPrefillRowsPerCta = 64;
 inline constexpr int32_t kPrefillTileTokens = 32;
 // Largest KV split count (explicit or from the heuristic).
 inline constexpr int32_t kMaxPrefillSplits = 128;
+// Windows of at most this many query tokens per sequence (speculative verification) in kAppended
+// order run through the decode-attention kernel (PrefillAttentionArgs::small_windows_as_decode).
+inline constexpr int32_t kMaxDecodeWindow = 16;
 
 struct PrefillAttentionArgs {
   Format format{};
@@ -88,11 +91,18 @@ struct PrefillAttentionArgs {
                                           // sizes the split count only: longer sequences stay exact
   int32_t num_splits = 0;                 // KV splits of the prefix per row tile; 0 = heuristic
   int32_t sm_count = kDefaultSmCount;     // SMs of the device, input of the heuristic only
+  bool small_windows_as_decode = true;    // tuning: with kAppended and max_query_len <= kMaxDecodeWindow,
+                                          // run every query token as one decode-attention row (its
+                                          // causal length over its sequence's pages) when the decode
+                                          // kernel supports the call; false = always the prefill kernel.
+                                          // Results agree within the accuracy bounds of both kernels.
 };
 
 [[nodiscard]] Status can_implement(const PrefillAttentionArgs& args) noexcept;
 // Bytes of the partials: total_tokens * q_heads * parts * (head_dim + 2) floats (parts = splits,
-// plus one with kFresh), padded; 0 when the shapes are invalid (can_implement says why).
+// plus one with kFresh), padded; on the decode-row path total_tokens * (max_pages_per_seq + 1)
+// int32 plus decode_attention's workspace for total_tokens rows; 0 when the shapes are invalid
+// (can_implement says why).
 [[nodiscard]] size_t workspace_bytes(const PrefillAttentionArgs& args) noexcept;
 [[nodiscard]] Status prefill_attention(const PrefillAttentionArgs& args, Workspace workspace,
                                        cudaStream_t stream) noexcept;
