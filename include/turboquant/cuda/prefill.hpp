@@ -17,7 +17,8 @@
 // the keys' RHT, walks the prefix in 32-token tiles (codes dequantised through a shared-memory
 // level table into fp16 tiles), computes S = Q K^T and O += P V with mma.m16n8k16 (fp32
 // accumulation) and an online softmax, and writes an unnormalised partial (in the values' rotated
-// domain) per KV split. With kFresh, extra CTAs attend the chunk's own uncompressed K/V causally
+// domain) per KV split. (Small kAppended windows, every n_s <= kMaxDecodeWindow, run instead as
+// decode-attention rows, one per query token with its causal length: small_windows_as_decode.) With kFresh, extra CTAs attend the chunk's own uncompressed K/V causally
 // the same way (unrotated). A second kernel merges the partials by log-sum-exp, applies the
 // inverse value RHT to the prefix part, adds the chunk part and writes out (q's dtype) and lse.
 //
