@@ -5,7 +5,7 @@
 //                (the chunk already in the cache) or kFresh (the chunk's K/V given in fp16)
 //   BM_Verify    a speculative verify window of 8 tokens over a 32K prefix, both orders, against
 //                one decode step (cuda::decode_attention) over the same cache: counter
-//                verify_over_decode = verify ms / decode ms (kAppended runs as 8 decode rows,
+//                verify_over_decode = verify ms / decode ms (kAppended runs on the decode kernel,
 //                PrefillAttentionArgs::small_windows_as_decode; BM_VerifyPrefillKernel: the
 //                same window on the prefill kernel)
 //
@@ -283,7 +283,7 @@ void run_prefill(benchmark::State& state, int32_t chunk, int32_t splits = 0, boo
   }
   const bool as_decode = windows_as_decode && appended && chunk <= tq::cuda::kMaxDecodeWindow;
   state.SetLabel(std::string(appended ? "appended" : "fresh") + ", chunk " + std::to_string(chunk) + " over " +
-                 std::to_string(kPrefix) + " K4V4" + (as_decode ? ", as decode rows" : ""));
+                 std::to_string(kPrefix) + " K4V4" + (as_decode ? ", on the decode kernel" : ""));
 }
 
 void BM_Prefill(benchmark::State& state) { run_prefill(state, 2048); }
@@ -298,6 +298,13 @@ void BM_VerifySplits(benchmark::State& state) { run_prefill(state, 8, static_cas
 BENCHMARK(BM_Prefill)->ArgName("order")->Arg(1)->Arg(0)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Verify)->ArgName("order")->Arg(1)->Arg(0)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_VerifyPrefillKernel)->ArgName("order")->Arg(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+// Tuning: the verify window on the decode kernel (window mode) with explicit split counts.
+void BM_VerifyWindowSplits(benchmark::State& state) { run_prefill(state, 8, static_cast<int32_t>(state.range(1)), true); }
+BENCHMARK(BM_VerifyWindowSplits)
+    ->ArgNames({"order", "splits"})
+    ->ArgsProduct({{1}, {4, 6, 7, 8, 12, 16, 24}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_VerifySplits)
     ->ArgNames({"order", "splits"})
     ->ArgsProduct({{1}, {8, 16, 32, 64, 128}})

@@ -580,8 +580,10 @@ __device__ __forceinline__ uint2 unit_levels(const uint8_t* table, const uint32_
 
 // Rotates the queries of local heads [0, heads) (the rest are zero), normalises each by its largest
 // coordinate and stores hi / lo fp16 parts and the factor max * softmax_scale.
+// Local head v is slot head0 + v of the tile: query token (head0 + v) / group of the sequence's rows
+// from token_row0 (one token in decode), head kv * group + (head0 + v) % group.
 template <int HeadDim, DType QType>
-__device__ __forceinline__ void rotate_queries(const AttentionParams& p, int seq, int q_head0, int heads,
+__device__ __forceinline__ void rotate_queries(const AttentionParams& p, int token_row0, int kv, int head0, int heads,
                                                __half* q_hi, __half* q_lo, float* factor) {
   using Layout = device::VectorLayout<HeadDim>;
   constexpr int kRotatingWarps = (kHeads + Layout::kVectorsPerWarp - 1) / Layout::kVectorsPerWarp;
@@ -591,8 +593,10 @@ __device__ __forceinline__ void rotate_queries(const AttentionParams& p, int seq
   const int l = lane % Layout::kLanes;
   float x[Layout::kChunks][device::kChunk];
   if (v < heads) {
+    const int slot = head0 + v, token = slot / p.group;
     const auto* row = static_cast<const uint8_t*>(p.q) +
-                      (static_cast<int64_t>(seq) * p.q_stride0 + static_cast<int64_t>(q_head0 + v) * p.q_stride1) *
+                      (static_cast<int64_t>(token_row0 + token) * p.q_stride0 +
+                       static_cast<int64_t>(kv * p.group + slot - token * p.group) * p.q_stride1) *
                           kQElementBytes;
 #pragma unroll
     for (int u = 0; u < Layout::kChunks; ++u) {
@@ -839,21 +843,44 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   const int64_t raw_len = __ldg(p.seq_lens + seq);
   const int64_t limit = kScores && p.max_context < capacity ? p.max_context : capacity;
   const int len = static_cast<int>(raw_len < 0 ? 0 : (raw_len > limit ? limit : raw_len));
-  const int first = (!kScores && p.sliding_window > 0 && len > p.sliding_window) ? len - p.sliding_window : 0;
+  // The sequence's query tokens: one, or a window (p.query_start) whose token t of n_tokens attends
+  // up to len - (n_tokens - 1 - t); the CTA walks the range of them all.
+  int token_row0 = seq, n_tokens = 1;
+  if constexpr (!kScores) {
+    if (p.query_start != nullptr) {
+      token_row0 = __ldg(p.query_start + seq);
+      n_tokens = max(0, min(__ldg(p.query_start + seq + 1) - token_row0, p.window));
+    }
+  }
+  const auto window_first = [&](int token_len) {
+    return (!kScores && p.sliding_window > 0 && token_len > p.sliding_window) ? token_len - p.sliding_window : 0;
+  };
+  const int first = window_first(max(0, len - (n_tokens - 1)));
   const int chunk_first = first / kChunkTokens;
   const int chunk_end = (len + kChunkTokens - 1) / kChunkTokens;
   const int per_split = (chunk_end - chunk_first + p.num_splits - 1) / p.num_splits;
   const int begin = chunk_first + split * per_split;
   const int end = min(chunk_end, begin + per_split);
   const int head0 = tile * kHeads;
-  const int heads = min(kHeads, p.group - head0);
+  const int heads = min(kHeads, n_tokens * p.group - head0);
+  if (heads <= 0) return;  // a window's tile past this sequence's tokens
   const int64_t row0 = static_cast<int64_t>(seq) * p.q_heads + static_cast<int64_t>(kv) * p.group + head0;
+  // The partial row (= q / out row * q_heads + head) of local head h; row0 + h in decode.
+  const auto partial_row = [&](int h) {
+    const int slot = head0 + h, token = slot / p.group;
+    return static_cast<int64_t>(token_row0 + token) * p.q_heads + kv * p.group + (slot - token * p.group);
+  };
+  // This lane's head (its group; lanes past the tile's heads take its last one, their queries are
+  // zero): the keys its token attends.
+  const int lane_token = (head0 + min(lane / kQuads, heads - 1)) / p.group;
+  [[maybe_unused]] const int lane_len = max(0, len - (n_tokens - 1 - lane_token));
+  [[maybe_unused]] const int lane_first = window_first(lane_len);
   auto* partial_max_sum = reinterpret_cast<float2*>(p.partial_max_sum);
 
   if (begin >= end) {  // nothing to attend in this split: the merge skips it (partial_out unread)
     if (kScores) return;
     if (threadIdx.x < heads)
-      partial_max_sum[(row0 + threadIdx.x) * p.num_splits + split] = make_float2(kNegInf, 0.0f);
+      partial_max_sum[partial_row(threadIdx.x) * p.num_splits + split] = make_float2(kNegInf, 0.0f);
     return;
   }
 
@@ -897,7 +924,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     // The block-table entry of the next chunk to issue (kStages steps ahead), loaded one step early.
     int page_ahead = chunk + kStages * kStep < end ? chunk_page(p, block_row, chunk + kStages * kStep) : 0;
 
-    rotate_queries<HeadDim, QType>(p, seq, kv * p.group + head0, heads, q_hi, q_lo, factor_s);
+    rotate_queries<HeadDim, QType>(p, token_row0, kv, head0, heads, q_hi, q_lo, factor_s);
     __syncthreads();
 
     // Query A fragments of k-step kk for lane (group, quad): {hi(c, c+1), lo(c, c+1), hi(c+2, c+3),
@@ -946,7 +973,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
             score_row[token] = (s[nt][e] + s[nt][kPair + e]) * scale_at(cur.key_scale, key_norm, t) * factor;
         }
       } else {
-        attend_chunk<S>(p, cur, key_norm, value_norm, chunk * kChunkTokens, first, len, quad, factor * kLog2e, qfrag + lane,
+        attend_chunk<S>(p, cur, key_norm, value_norm, chunk * kChunkTokens, lane_first, lane_len, quad, factor * kLog2e, qfrag + lane,
                         table, key_offset, value_offset, m_run, l_run, acc);
       }
     }
@@ -988,7 +1015,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
       o += weight * merge_out[(static_cast<size_t>(w) * kHeads + h) * S::kMergeRowStride + j];
       l += weight * ms.y;
     }
-    const int64_t partial = (row0 + h) * p.num_splits + split;
+    const int64_t partial = partial_row(h) * p.num_splits + split;
     p.partial_out[partial * HeadDim + j] = o;
     if (j == 0) partial_max_sum[partial] = make_float2(m, l);
   }
@@ -1009,7 +1036,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   const int l = lane % Layout::kLanes;
   const int g = lane / Layout::kLanes;
   const int64_t v = static_cast<int64_t>(blockIdx.x) * kVectorsPerBlock + threadIdx.x / kWarpSize;
-  const int64_t total = static_cast<int64_t>(p.num_seqs) * p.q_heads;
+  const int64_t total = static_cast<int64_t>(p.query_rows) * p.q_heads;
   if (v >= total) return;  // warp-uniform: whole warps only below
   wait_for_prior_grids();  // the partials of the split kernel
 
@@ -1130,7 +1157,7 @@ template <int HeadDim, DType QType>
 cudaError_t launch_decode_attention_merge(const AttentionParams& params, cudaStream_t stream) noexcept {
   namespace ak = attention_kernel;
   constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / ak::kWarpSize;  // one warp per vector
-  const int64_t vectors = static_cast<int64_t>(params.num_seqs) * params.q_heads;
+  const int64_t vectors = static_cast<int64_t>(params.query_rows) * params.q_heads;
   const dim3 grid(static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock));
   return ak::launch_programmatic(&ak::decode_attention_merge_kernel<HeadDim, QType>, grid, dim3(ak::kMergeThreads), 0,
                                  params, stream);

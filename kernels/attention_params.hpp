@@ -19,6 +19,8 @@ namespace turboquant::cuda::detail {
 // Query heads served by one CTA (the n dimension of the P.V mma); a GQA group of more heads is
 // split into ceil(group / kAttentionHeadsPerCta) head tiles, each a row of CTAs.
 inline constexpr int kAttentionHeadsPerCta = 8;
+// Most query tokens per sequence in window mode (AttentionParams::query_start).
+inline constexpr int32_t kMaxAttentionWindow = 16;
 // Warps of a split CTA; each walks every kAttentionWarps-th chunk of the CTA's token range.
 inline constexpr int kAttentionWarps = 8;
 // Split CTAs resident per SM that the split kernel is built for (its __launch_bounds__ minimum;
@@ -62,6 +64,14 @@ struct AttentionParams {
   int32_t max_pages_per_seq = 0;
 
   int32_t num_seqs = 0;
+  // Rows of q / out / lse: num_seqs (one query token per sequence), or, with query_start (prefill's
+  // small kAppended windows, src/prefill.cpp), the query tokens: sequence s owns rows
+  // [query_start[s], query_start[s + 1]) (at most `window` of them), token t of its n_s attends keys
+  // [first, seq_len - (n_s - 1 - t)), and the (token, head-in-group) pairs r = t * group + g of one
+  // KV head share its head tiles (head_tiles = ceil(window * group / kAttentionHeadsPerCta)).
+  int32_t query_rows = 0;
+  const int32_t* query_start = nullptr;  // [num_seqs + 1] or null
+  int32_t window = 1;
   int32_t q_heads = 0;
   int32_t kv_heads = 0;
   int32_t group = 0;                   // q_heads / kv_heads; query head h reads KV head h / group

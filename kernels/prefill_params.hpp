@@ -107,19 +107,4 @@ struct MergeStatesParams {
 };
 cudaError_t launch_merge_states(const MergeStatesParams& params, cudaStream_t stream) noexcept;
 
-// Small kAppended windows as decode rows (kernels/window_rows.cu): one row per query token, with
-// its sequence's block-table row and its causal length.
-struct WindowRowsParams {
-  const int32_t* query_start = nullptr;  // [num_seqs + 1] (cu_seqlens)
-  const int32_t* block_table = nullptr;  // [num_seqs, max_pages_per_seq]
-  const int32_t* seq_lens = nullptr;     // [num_seqs]
-  int32_t num_seqs = 0;
-  int32_t max_pages_per_seq = 0;
-  int32_t capacity = 0;                  // max_pages_per_seq * page_size: seq_lens are clamped to it
-  int32_t total_tokens = 0;              // query rows = query_start[num_seqs]
-  int32_t* row_block_table = nullptr;    // out: [total_tokens, max_pages_per_seq]
-  int32_t* row_lens = nullptr;           // out: [total_tokens] seq_len - (n_s - 1 - t), >= 0
-};
-cudaError_t launch_window_rows(const WindowRowsParams& params, cudaStream_t stream) noexcept;
-
 }  // namespace turboquant::cuda::detail

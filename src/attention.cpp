@@ -64,6 +64,7 @@ int32_t ceil_div(int64_t a, int64_t b) noexcept { return static_cast<int32_t>((a
 
 struct Shape {
   int32_t num_seqs = 0;
+  int32_t query_rows = 0;  // rows of q / out: num_seqs, or the windows' tokens
   int32_t q_heads = 0;
   int32_t kv_heads = 0;
   int32_t group = 0;
@@ -72,16 +73,18 @@ struct Shape {
 };
 
 // Shapes only (no pointers): enough for the split count and the workspace size.
-bool basic_shape(const DecodeAttentionArgs& a, Shape* sh) noexcept {
+bool basic_shape(const DecodeAttentionArgs& a, Shape* sh, const detail::DecodeWindows* w = nullptr) noexcept {
   const int32_t kv = a.cache.layout.kv_heads;
   if (a.cache.num_seqs <= 0 || a.q.dim1 <= 0 || kv <= 0 || a.q.dim1 % kv != 0) return false;
   if (!is_supported_head_dim(a.format.head_dim())) return false;
   if (a.num_splits < 0 || a.num_splits > kMaxAttentionSplits || a.sm_count <= 0 || a.max_seq_len < 0) return false;
+  if (w != nullptr && (w->window < 1 || w->window > detail::kMaxAttentionWindow || w->query_rows < 0)) return false;
   sh->num_seqs = a.cache.num_seqs;
+  sh->query_rows = w != nullptr ? w->query_rows : a.cache.num_seqs;
   sh->q_heads = a.q.dim1;
   sh->kv_heads = kv;
   sh->group = a.q.dim1 / kv;
-  sh->head_tiles = ceil_div(sh->group, kAttentionHeadsPerCta);
+  sh->head_tiles = ceil_div(int64_t{sh->group} * (w != nullptr ? w->window : 1), kAttentionHeadsPerCta);
   sh->head_dim = a.format.head_dim();
   return true;
 }
@@ -123,7 +126,7 @@ struct WorkspaceLayout {
   [[nodiscard]] size_t total() const noexcept { return out_bytes + max_sum_bytes; }
 };
 WorkspaceLayout workspace_layout(const Shape& sh, int32_t splits) noexcept {
-  const size_t rows = static_cast<size_t>(sh.num_seqs) * static_cast<size_t>(sh.q_heads) * static_cast<size_t>(splits);
+  const size_t rows = static_cast<size_t>(sh.query_rows) * static_cast<size_t>(sh.q_heads) * static_cast<size_t>(splits);
   WorkspaceLayout w;
   w.out_bytes = align_up(rows * static_cast<size_t>(sh.head_dim) * sizeof(float));
   w.max_sum_bytes = align_up(rows * 2 * sizeof(float));
@@ -134,7 +137,8 @@ WorkspaceLayout workspace_layout(const Shape& sh, int32_t splits) noexcept {
 // Everything the host can see; on success *sh and *entry describe the call.
 // A format with both sides uncompressed is not a valid Format (nothing compressed); the KV cache's
 // plain layers are attended through decode_attention_any_format, which allows it (allow_plain).
-Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool allow_plain = false) noexcept {
+Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool allow_plain = false,
+             const detail::DecodeWindows* w = nullptr) noexcept {
   const Format& f = a.format;
   const bool plain = allow_plain && f.key.bits == 0 && f.value.bits == 0;
   if (plain) {
@@ -157,6 +161,9 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool 
   if (generic && (f.key.bits == 1 || f.value.bits == 1))
     return make_status(StatusCode::kUnsupportedFormat, "format.key.bits = ", f.key.bits, ", format.value.bits = ",
                        f.value.bits, ": with one side uncompressed the other takes 2, 3 or 4 bits");
+  if (generic && w != nullptr)
+    return make_status(StatusCode::kUnsupportedFormat, "format.key.bits = ", f.key.bits, ", format.value.bits = ",
+                       f.value.bits, ": query windows need both sides coded");
   *entry = generic ? find_generic_kernel(d, a.q.dtype) : detail::find_kernel(kKernels, d, f.key.bits, f.value.bits, a.q.dtype);
   if (*entry == nullptr)
     return make_status(StatusCode::kUnsupportedFormat, "no decode-attention kernel for head_dim = ", d,
@@ -178,8 +185,17 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool 
                        "-token chunks, page_size must be a multiple of ", kAttentionChunkTokens);
   constexpr int32_t kMaxGridYZ = detail::kMaxGridYZ;
 
-  if (a.q.dim0 != c.num_seqs)
-    return make_status(StatusCode::kInvalidArgument, "q.dim0 = ", a.q.dim0, " but cache.num_seqs = ", c.num_seqs);
+  if (w != nullptr) {
+    if (w->query_start == nullptr || !checks::aligned(w->query_start, sizeof(int32_t)))
+      return make_status(StatusCode::kInvalidArgument, "query_start = ", static_cast<const void*>(w->query_start),
+                         ": must be a 4-byte aligned device array");
+    if (w->window < 1 || w->window > detail::kMaxAttentionWindow)
+      return make_status(StatusCode::kInvalidArgument, "window = ", w->window, ": must be in [1, ", detail::kMaxAttentionWindow, "]");
+  }
+  const int64_t rows = w != nullptr ? w->query_rows : c.num_seqs;
+  const char* rows_name = w != nullptr ? "the query tokens" : "cache.num_seqs";
+  if (a.q.dim0 != rows)
+    return make_status(StatusCode::kInvalidArgument, "q.dim0 = ", a.q.dim0, " but ", rows_name, " = ", rows);
   if (a.q.dim1 % l.kv_heads != 0)
     return make_status(StatusCode::kInvalidArgument, "q_heads = q.dim1 = ", a.q.dim1,
                        ": not a multiple of kv_heads = cache.layout.kv_heads = ", l.kv_heads);
@@ -187,8 +203,8 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool 
   if (group > kMaxAttentionGroup)
     return make_status(StatusCode::kUnsupportedFormat, "q_heads / kv_heads = ", a.q.dim1, " / ", l.kv_heads, " = ",
                        group, ": GQA groups of at most ", kMaxAttentionGroup, " query heads are supported");
-  if (a.out.dim0 != c.num_seqs)
-    return make_status(StatusCode::kInvalidArgument, "out.dim0 = ", a.out.dim0, " but cache.num_seqs = ", c.num_seqs);
+  if (a.out.dim0 != rows)
+    return make_status(StatusCode::kInvalidArgument, "out.dim0 = ", a.out.dim0, " but ", rows_name, " = ", rows);
   if (a.out.dim1 != a.q.dim1)
     return make_status(StatusCode::kInvalidArgument, "out.dim1 = ", a.out.dim1, " but q.dim1 (q_heads) = ", a.q.dim1);
   if (a.lse != nullptr && !checks::aligned(a.lse, sizeof(float)))
@@ -213,7 +229,7 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool 
     return make_status(StatusCode::kUnsupportedFormat, "cache.layout.page_bytes = ", l.page_bytes,
                        ": pages of at most 2^31 - 1 bytes are supported (32-bit offsets inside a page)");
 
-  if (!basic_shape(a, sh)) return make_status(StatusCode::kInvalidArgument, "inconsistent shapes");
+  if (!basic_shape(a, sh, w)) return make_status(StatusCode::kInvalidArgument, "inconsistent shapes");
   if (int64_t{sh->kv_heads} * sh->head_tiles > kMaxGridYZ)
     return make_status(StatusCode::kInvalidArgument, "kv_heads = ", sh->kv_heads, ": at most ", kMaxGridYZ,
                        " KV heads (times head tiles) per call");
@@ -288,10 +304,10 @@ size_t workspace_bytes(const DecodeAttentionArgs& args) noexcept {
 namespace {
 
 Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, cudaStream_t stream,
-                            bool allow_plain) noexcept {
+                            bool allow_plain, const detail::DecodeWindows* w = nullptr) noexcept {
   Shape sh;
   const Entry* entry = nullptr;
-  TQ_RETURN_IF_ERROR(check(a, &sh, &entry, allow_plain));
+  TQ_RETURN_IF_ERROR(check(a, &sh, &entry, allow_plain, w));
   const int32_t splits = resolve_splits(a, sh);
   const WorkspaceLayout wl = workspace_layout(sh, splits);
   if (workspace.bytes < wl.total())
@@ -306,6 +322,11 @@ Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, c
   AttentionParams p;
   detail::fill_cache_params(f, a.q, a.cache, &p);
   p.head_tiles = sh.head_tiles;
+  if (w != nullptr) {
+    p.query_rows = w->query_rows;
+    p.query_start = w->query_start;
+    p.window = w->window;
+  }
   p.num_splits = splits;
   p.programmatic_launch = a.programmatic_launch;
   p.softmax_scale = a.softmax_scale == 0.0f ? 1.0f / std::sqrt(static_cast<float>(sh.head_dim)) : a.softmax_scale;
@@ -351,6 +372,7 @@ void fill_cache_params(const Format& f, const ConstView& q, const PagedCache& c,
   p->seq_lens = c.seq_lens;
   p->max_pages_per_seq = c.max_pages_per_seq;
   p->num_seqs = c.num_seqs;
+  p->query_rows = c.num_seqs;
   p->q_heads = q.dim1;
   p->kv_heads = l.kv_heads;
   p->group = q.dim1 / l.kv_heads;
@@ -375,6 +397,29 @@ Status can_implement_any_format(const DecodeAttentionArgs& args) noexcept {
 
 Status decode_attention_any_format(const DecodeAttentionArgs& args, Workspace workspace, cudaStream_t stream) noexcept {
   return run_decode_attention(args, workspace, stream, true);
+}
+
+Status can_implement_windows(const DecodeAttentionArgs& args, const DecodeWindows& w) noexcept {
+  Shape sh;
+  const Entry* entry = nullptr;
+  return check(args, &sh, &entry, false, &w);
+}
+
+size_t workspace_bytes_windows(const DecodeAttentionArgs& args, const DecodeWindows& w) noexcept {
+  Shape sh;
+  if (!basic_shape(args, &sh, &w)) return 0;
+  return workspace_layout(sh, resolve_splits(args, sh)).total();
+}
+
+int32_t decode_attention_windows_splits(const DecodeAttentionArgs& args, const DecodeWindows& w) noexcept {
+  Shape sh;
+  if (!basic_shape(args, &sh, &w)) return 0;
+  return resolve_splits(args, sh);
+}
+
+Status decode_attention_windows(const DecodeAttentionArgs& args, const DecodeWindows& w, Workspace workspace,
+                                cudaStream_t stream) noexcept {
+  return run_decode_attention(args, workspace, stream, false, &w);
 }
 
 }  // namespace detail

@@ -13,6 +13,23 @@ namespace turboquant::cuda::detail {
 [[nodiscard]] Status decode_attention_any_format(const DecodeAttentionArgs& args, Workspace workspace,
                                                  cudaStream_t stream) noexcept;
 
+// Prefill's small kAppended windows on the decode kernel (src/prefill.cpp): sequence s of
+// args.cache owns the query tokens [query_start[s], query_start[s + 1]) (at most `window`), and
+// the rows of args.q, args.out and args.lse are query tokens (query_rows of them). Token t of n_s
+// attends keys [0, seq_len - (n_s - 1 - t)) (causal; with sliding_window w the last w of them); the
+// (token, head) pairs of a KV head share the CTAs' head tiles, so a window's K/V are dequantised
+// ceil(window * group / 8) times, not once per token. The main kernel only (both sides coded).
+struct DecodeWindows {
+  const int32_t* query_start = nullptr;  // [num_seqs + 1] device (cu_seqlens)
+  int32_t window = 1;                    // host: >= every n_s
+  int32_t query_rows = 0;                // host: query_start[num_seqs] = q.dim0 = out.dim0
+};
+[[nodiscard]] Status can_implement_windows(const DecodeAttentionArgs& args, const DecodeWindows& w) noexcept;
+[[nodiscard]] size_t workspace_bytes_windows(const DecodeAttentionArgs& args, const DecodeWindows& w) noexcept;
+[[nodiscard]] int32_t decode_attention_windows_splits(const DecodeAttentionArgs& args, const DecodeWindows& w) noexcept;
+[[nodiscard]] Status decode_attention_windows(const DecodeAttentionArgs& args, const DecodeWindows& w,
+                                              Workspace workspace, cudaStream_t stream) noexcept;
+
 // The fields of AttentionParams that come from the format, the queries and the paged cache (page
 // geometry, lengths, block table, norms, codebook levels and key level scale, signs, bits); the
 // launch-specific ones (grid, splits, workspace, outputs, scales) are the caller's.

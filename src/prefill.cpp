@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "attention_internal.hpp"
 #include "cuda_checks.hpp"
 #include "cuda_status.hpp"
 #include "kernel_table.hpp"
@@ -111,22 +112,18 @@ WorkspaceLayout workspace_layout(const Shape& sh, int32_t parts) noexcept {
 
 int32_t parts_of(const Shape& sh, int32_t splits) noexcept { return splits + (sh.fresh ? 1 : 0); }
 
-// ---- small kAppended windows as decode rows (PrefillAttentionArgs::small_windows_as_decode) ------
-// Every query token becomes one decode row over its sequence's pages with length seq_len - (n_s -
-// 1 - t) (causal), its block-table row copied into the workspace by launch_window_rows; then one
-// cuda::decode_attention call. Taken when the decode kernel supports the call (can_implement of
-// the decode args: page size a multiple of 16, a built decode kernel, ...), else the prefill kernel.
+// ---- small kAppended windows on the decode kernel (PrefillAttentionArgs::small_windows_as_decode) --
+// The decode kernel in window mode (src/attention_internal.hpp): the (token, head) pairs of a
+// sequence's window share its CTAs' head tiles, each token with its causal length. Taken when that
+// kernel supports the call (both sides coded, page size a multiple of 16, a built decode kernel,
+// ...), else the prefill kernel runs.
+static_assert(kMaxDecodeWindow == detail::kMaxAttentionWindow, "one window limit");
 
-// The decode call on the workspace's rows (row_block_table / row_lens: stand-ins when only sizing).
-DecodeAttentionArgs decode_rows_args(const PrefillAttentionArgs& a, const Shape& sh, const int32_t* row_block_table,
-                                     const int32_t* row_lens) noexcept {
+DecodeAttentionArgs window_decode_args(const PrefillAttentionArgs& a) noexcept {
   DecodeAttentionArgs d;
   d.format = a.format;
   d.q = a.q;
   d.cache = a.cache;
-  d.cache.block_table = row_block_table;
-  d.cache.seq_lens = row_lens;
-  d.cache.num_seqs = static_cast<int32_t>(sh.total_tokens);
   d.out = a.out;
   d.lse = a.lse;
   d.softmax_scale = a.softmax_scale;
@@ -135,28 +132,21 @@ DecodeAttentionArgs decode_rows_args(const PrefillAttentionArgs& a, const Shape&
   d.max_seq_len = a.max_seq_len;
   d.num_splits = a.num_splits;
   d.sm_count = a.sm_count;
-  d.programmatic_launch = false;  // its first reads are the rows the window kernel writes
   return d;
 }
 
-struct DecodeRowsLayout {
-  size_t table_bytes = 0;   // [total_tokens, max_pages_per_seq] int32
-  size_t lens_bytes = 0;    // [total_tokens] int32
-  size_t decode_bytes = 0;  // decode_attention's workspace
-  [[nodiscard]] size_t total() const noexcept { return table_bytes + lens_bytes + decode_bytes; }
-};
+detail::DecodeWindows decode_windows(const PrefillAttentionArgs& a, const Shape& sh) noexcept {
+  detail::DecodeWindows w;
+  w.query_start = a.query_start;
+  w.window = a.max_query_len;
+  w.query_rows = static_cast<int32_t>(sh.total_tokens);
+  return w;
+}
 
-// Whether the call takes the decode-row path, and then its workspace layout.
-bool use_decode_rows(const PrefillAttentionArgs& a, const Shape& sh, DecodeRowsLayout* w) noexcept {
+bool use_decode_windows(const PrefillAttentionArgs& a, const Shape& sh) noexcept {
   if (!a.small_windows_as_decode || sh.fresh || a.max_query_len > kMaxDecodeWindow) return false;
-  const int64_t entries = sh.total_tokens * a.cache.max_pages_per_seq;
-  if (sh.total_tokens > 0x7fffffff || entries > (int64_t{1} << 31) || a.cache.max_pages_per_seq <= 0) return false;
-  const DecodeAttentionArgs d = decode_rows_args(a, sh, a.cache.block_table, a.cache.seq_lens);
-  if (!can_implement(d).is_ok()) return false;
-  w->table_bytes = align_up(static_cast<size_t>(entries) * sizeof(int32_t));
-  w->lens_bytes = align_up(static_cast<size_t>(sh.total_tokens) * sizeof(int32_t));
-  w->decode_bytes = workspace_bytes(d);
-  return true;
+  if (sh.total_tokens > 0x7fffffff) return false;
+  return detail::can_implement_windows(window_decode_args(a), decode_windows(a, sh)).is_ok();
 }
 
 Status check_qtype_view(const char* name, const ConstView& v, DType q_dtype, int32_t d) noexcept {
@@ -265,17 +255,14 @@ Status can_implement(const PrefillAttentionArgs& args) noexcept {
 int32_t prefill_attention_splits(const PrefillAttentionArgs& args) noexcept {
   Shape sh;
   if (!basic_shape(args, &sh)) return 0;
-  DecodeRowsLayout rows;
-  if (use_decode_rows(args, sh, &rows))
-    return decode_attention_splits(decode_rows_args(args, sh, args.cache.block_table, args.cache.seq_lens));
+  if (use_decode_windows(args, sh)) return detail::decode_attention_windows_splits(window_decode_args(args), decode_windows(args, sh));
   return resolve_splits(args, sh);
 }
 
 size_t workspace_bytes(const PrefillAttentionArgs& args) noexcept {
   Shape sh;
   if (!basic_shape(args, &sh)) return 0;
-  DecodeRowsLayout rows;
-  if (use_decode_rows(args, sh, &rows)) return rows.total();
+  if (use_decode_windows(args, sh)) return detail::workspace_bytes_windows(window_decode_args(args), decode_windows(args, sh));
   return workspace_layout(sh, parts_of(sh, resolve_splits(args, sh))).total();
 }
 
@@ -286,32 +273,15 @@ Status prefill_attention(const PrefillAttentionArgs& a, Workspace workspace, cud
   const int32_t splits = resolve_splits(a, sh);
   const int32_t parts = parts_of(sh, splits);
   const WorkspaceLayout wl = workspace_layout(sh, parts);
-  DecodeRowsLayout rows;
-  const bool decode_rows = use_decode_rows(a, sh, &rows);
-  const size_t needed = decode_rows ? rows.total() : wl.total();
-  if (workspace.bytes < needed)
+  if (use_decode_windows(a, sh))
+    return detail::decode_attention_windows(window_decode_args(a), decode_windows(a, sh), workspace, stream);
+  if (workspace.bytes < wl.total())
     return make_status(StatusCode::kInvalidArgument, "workspace.bytes = ", workspace.bytes,
-                       " but workspace_bytes(args) = ", needed);
+                       " but workspace_bytes(args) = ", wl.total());
   if (workspace.data == nullptr) return make_status(StatusCode::kInvalidArgument, "workspace.data = null");
   if (!checks::aligned(workspace.data, kVectorAlignment))
     return make_status(StatusCode::kMisaligned, "workspace.data = ", workspace.data, ": must be ", kVectorAlignment,
                        "-byte aligned");
-  if (decode_rows) {
-    auto* base = static_cast<uint8_t*>(workspace.data);
-    detail::WindowRowsParams w;
-    w.query_start = a.query_start;
-    w.block_table = a.cache.block_table;
-    w.seq_lens = a.cache.seq_lens;
-    w.num_seqs = sh.num_seqs;
-    w.max_pages_per_seq = a.cache.max_pages_per_seq;
-    w.capacity = a.cache.max_pages_per_seq * a.cache.layout.page_size;
-    w.total_tokens = static_cast<int32_t>(sh.total_tokens);
-    w.row_block_table = reinterpret_cast<int32_t*>(base);
-    w.row_lens = reinterpret_cast<int32_t*>(base + rows.table_bytes);
-    TQ_RETURN_IF_ERROR(detail::cuda_status(detail::launch_window_rows(w, stream), "prefill_attention: window rows launch"));
-    return decode_attention(decode_rows_args(a, sh, w.row_block_table, w.row_lens),
-                            Workspace{base + rows.table_bytes + rows.lens_bytes, rows.decode_bytes}, stream);
-  }
 
   const Format& f = a.format;
   const layout::PageLayout& l = a.cache.layout;

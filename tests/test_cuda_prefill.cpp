@@ -398,8 +398,8 @@ TEST(CudaPrefill, MixedBatch) {
     }
 }
 
-// Verify windows (at most kMaxDecodeWindow tokens, kAppended) as decode rows and on the prefill
-// kernel: both against the reference, over GQA 1 / 4 / 8, page sizes 16 / 64 (decode rows) and 8
+// Verify windows (at most kMaxDecodeWindow tokens, kAppended) on the decode kernel (window mode)
+// and on the prefill kernel: both against the reference, over GQA 1 / 4 / 8, page sizes 16 / 64 (decode kernel) and 8
 // (the decode kernel cannot: the prefill kernel runs either way), window and soft cap, windows of
 // 1 to 16 tokens over prefixes 0 to 4096.
 TEST(CudaPrefill, SmallWindowsAsDecodeRows) {
@@ -418,8 +418,8 @@ TEST(CudaPrefill, SmallWindowsAsDecodeRows) {
         s.seed = 7 + group + page;
         check_case(s);
       }
-  // The decode-row path is the one taken where the decode kernel supports the call: its workspace
-  // (rows of block table and lengths plus the decode partials) differs from the prefill kernel's.
+  // The decode kernel is the one taken where it supports the call: its workspace (its partials)
+  // differs from the prefill kernel's.
   Spec s;
   s.seqs = {{long_prefix(), 8}, {0, 2}};
   const HostCase c = make_case(s);
@@ -470,7 +470,7 @@ TEST(CudaPrefill, Splits) {
 TEST(CudaPrefill, GraphCaptureEqualsEager) {
   TQ_REQUIRE_DEVICE();
   for (PrefillOrder order : {PrefillOrder::kAppended, PrefillOrder::kFresh})
-    for (int32_t last : {33, 3}) {  // 3: every window <= kMaxDecodeWindow (kAppended: decode rows)
+    for (int32_t last : {33, 3}) {  // 3: every window <= kMaxDecodeWindow (kAppended: decode kernel)
       Spec s;
       s.order = order;
       s.seqs = {{500, 8}, {1, 1}, {64, last}};

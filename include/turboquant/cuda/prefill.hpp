@@ -17,8 +17,9 @@
 // the keys' RHT, walks the prefix in 32-token tiles (codes dequantised through a shared-memory
 // level table into fp16 tiles), computes S = Q K^T and O += P V with mma.m16n8k16 (fp32
 // accumulation) and an online softmax, and writes an unnormalised partial (in the values' rotated
-// domain) per KV split. (Small kAppended windows, every n_s <= kMaxDecodeWindow, run instead as
-// decode-attention rows, one per query token with its causal length: small_windows_as_decode.) With kFresh, extra CTAs attend the chunk's own uncompressed K/V causally
+// domain) per KV split. (Small kAppended windows, every n_s <= kMaxDecodeWindow, run instead on the
+// decode-attention kernel in window mode: the (token, head-in-group) pairs of a sequence's window
+// share its CTAs' head tiles, each token with its causal length: small_windows_as_decode.) With kFresh, extra CTAs attend the chunk's own uncompressed K/V causally
 // the same way (unrotated). A second kernel merges the partials by log-sum-exp, applies the
 // inverse value RHT to the prefix part, adds the chunk part and writes out (q's dtype) and lse.
 //
@@ -93,17 +94,16 @@ struct PrefillAttentionArgs {
   int32_t num_splits = 0;                 // KV splits of the prefix per row tile; 0 = heuristic
   int32_t sm_count = kDefaultSmCount;     // SMs of the device, input of the heuristic only
   bool small_windows_as_decode = true;    // tuning: with kAppended and max_query_len <= kMaxDecodeWindow,
-                                          // run every query token as one decode-attention row (its
-                                          // causal length over its sequence's pages) when the decode
-                                          // kernel supports the call; false = always the prefill kernel.
-                                          // Results agree within the accuracy bounds of both kernels.
+                                          // run on the decode-attention kernel (window mode: a window's
+                                          // (token, head) pairs share the head tiles of its sequence's
+                                          // CTAs) when it supports the call; false = always the prefill
+                                          // kernel. Results agree within the accuracy bounds of both.
 };
 
 [[nodiscard]] Status can_implement(const PrefillAttentionArgs& args) noexcept;
 // Bytes of the partials: total_tokens * q_heads * parts * (head_dim + 2) floats (parts = splits,
-// plus one with kFresh), padded; on the decode-row path total_tokens * (max_pages_per_seq + 1)
-// int32 plus decode_attention's workspace for total_tokens rows; 0 when the shapes are invalid
-// (can_implement says why).
+// plus one with kFresh), padded; on the decode kernel (small windows) its partials for total_tokens
+// rows; 0 when the shapes are invalid (can_implement says why).
 [[nodiscard]] size_t workspace_bytes(const PrefillAttentionArgs& args) noexcept;
 [[nodiscard]] Status prefill_attention(const PrefillAttentionArgs& args, Workspace workspace,
                                        cudaStream_t stream) noexcept;
