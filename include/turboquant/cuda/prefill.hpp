@@ -29,7 +29,7 @@
 // attend fewer (or no) keys (no key: zeros and lse = -infinity); a block-table entry outside
 // [0, num_pages) contributes nothing; query_start must be consistent (query_start[0] = 0,
 // non-decreasing, query_start[num_seqs] = q.dim0, every n_s <= max_query_len): rows of a
-// sequence beyond max_query_len are not computed.
+// sequence beyond max_query_len are not computed (their out / lse rows are unspecified).
 //
 // Supported (kUnsupportedFormat otherwise): the (head_dim, key_bits, value_bits) combinations of
 // the dispatch table (kernels/prefill_instances.inc; prefill_kernel(i) lists them), q dtype f16 or
