@@ -20,9 +20,11 @@
 //
 // Agreement with the CPU path: the rotations use the same butterfly stage order and the same final
 // multiply by 1/sqrt(d), so rotate() and decode() produce the CPU's values bit for bit. encode()
-// sums the squared norm (and the least-squares dot products) in another order, so a code may differ
-// from the CPU's where a coordinate ties a boundary to the last bits, and a scale by a few parts
-// per million (float sums of head_dim terms in another order).
+// transforms f16 / bf16 rows of head_dim >= 128 with tensor cores (sums of 16 exact products in
+// fp32, not the CPU's butterfly order), takes 1/||y|| from rsqrtf and sums the squared norm (and the
+// least-squares dot products) in another order, so a code may differ from the CPU's where a
+// coordinate ties a boundary to the last bits (the tests allow 1e-5 of coordinates), and a scale
+// by a few parts per million.
 //
 // Alignment (kMisaligned otherwise): input / output / rows views: data and row strides 16-byte
 // aligned (kVectorAlignment); dense codes 4-byte aligned (kCodesAlignment); scales aligned to their
