@@ -35,10 +35,8 @@ inline constexpr int kWarpsPerBlock = kThreadsPerBlock / device::kWarpSize;
 // 80 (24 warps), 4 at 64. Encode and rotate spill below 128 (80 registers: 100-350 bytes); decode
 // fits 80 without spills (64 spills 64-160 bytes), and its few bytes per row in flight need the
 // extra warps. kernels/NOTES.md has the register report.
-#ifndef TURBOQUANT_ENCODE_MIN_BLOCKS_PER_SM  // experiment hook (bench A/B); see kernels/NOTES.md
-#define TURBOQUANT_ENCODE_MIN_BLOCKS_PER_SM 2
-#endif
-inline constexpr int kEncodeMinBlocksPerSm = TURBOQUANT_ENCODE_MIN_BLOCKS_PER_SM;
+// Encode at 3 (80 registers) spills 22-34 bytes and was measured slower (kernels/NOTES.md round 3).
+inline constexpr int kEncodeMinBlocksPerSm = 2;
 // Decode: 3 blocks per SM (80 registers) where that does not spill (2 and 4 bits: measured +10%
 // at 4 bits on an H200); 1- and 3-bit decode spill 32-48 bytes at 80 registers and were measured
 // slower (3 bits: 157 us against 134 us at 2 blocks), so they keep 2.

@@ -270,11 +270,11 @@ Status prefill_attention(const PrefillAttentionArgs& a, Workspace workspace, cud
   Shape sh;
   const Entry* entry = nullptr;
   TQ_RETURN_IF_ERROR(check(a, &sh, &entry));
+  if (use_decode_windows(a, sh))
+    return detail::decode_attention_windows(window_decode_args(a), decode_windows(a, sh), workspace, stream);
   const int32_t splits = resolve_splits(a, sh);
   const int32_t parts = parts_of(sh, splits);
   const WorkspaceLayout wl = workspace_layout(sh, parts);
-  if (use_decode_windows(a, sh))
-    return detail::decode_attention_windows(window_decode_args(a), decode_windows(a, sh), workspace, stream);
   if (workspace.bytes < wl.total())
     return make_status(StatusCode::kInvalidArgument, "workspace.bytes = ", workspace.bytes,
                        " but workspace_bytes(args) = ", wl.total());

@@ -30,7 +30,8 @@ struct GridCell {
 // The grid lookup: 4 * index_of(u), the byte offset of u's level in the level table. `cells` is
 // the GridCell table, `cell_mask8` = (cells - 1) << kCellFractionBits: the masked bits of the FMA
 // are the byte offset of u's cell (turboquant/codebook_search.hpp). set.le gives an all-ones mask
-// when u <= boundary, so the offset is one LEA: above4 - 4 there, above4 else.
+// when u <= boundary, so the offset is above4 + (mask << 2): above4 - 4 there, above4 else
+// (ptxas emits FSETP + SEL + LEA for it).
 __device__ inline uint32_t cell_level_offset(float u, const GridCell* cells, float scale, float offset,
                                              uint32_t cell_mask8) {
   const uint32_t c8 = __float_as_uint(__fmaf_rn(u, scale, offset)) & cell_mask8;
