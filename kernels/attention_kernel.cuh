@@ -73,15 +73,21 @@ inline constexpr int kGroups = kWarpSize / kQuads;  // groups of a warp: 8
 inline constexpr int kThreads = kAttentionWarps * kWarpSize;
 inline constexpr int kHeads = kAttentionHeadsPerCta;
 inline constexpr int kChunkTokens = kAttentionChunkTokens;
-static_assert(kChunkTokens == kMmaK && kChunkTokens == 2 * kMmaN,
-              "a chunk is the k extent of one P.V mma and two n-tiles of Q.K^T");
-static_assert(kHeads == kMmaN && kHeads == kGroups, "one head per group: the n extent of P.V");
+static_assert(kChunkTokens == kMmaK && kChunkTokens == kMmaM,
+              "a chunk is the m extent of one K.Q^T mma and the k extent of one P.V mma");
+static_assert(kHeads == kMmaN && kHeads == kGroups, "the heads of a tile are the n extent of P.V");
 // Two consecutive elements share a 32-bit register (k indices 2 quad + {0, 1} of a fragment, the
 // two codes of a table entry, two fp16 values).
 inline constexpr int kPair = 2;
-inline constexpr int kNTiles = kChunkTokens / kMmaN;  // Q.K^T n-tiles of a chunk: 2
-// Tokens of a chunk a lane scores and weights: 2 quad + {0, 1} of each n-tile (i = 2 n-tile + e).
-inline constexpr int kLaneTokens = kNTiles * kPair;
+// K.Q^T tiles: the n extent of one is 4 heads, each as two columns (its query's fp16 hi and lo
+// parts, summed in the lane that holds both); a head tile of more than 4 heads takes two.
+inline constexpr int kHeadsPerQkTile = kMmaN / kPair;
+inline constexpr int kMaxQkTiles = kHeads / kHeadsPerQkTile;
+// Tokens of a chunk a lane scores: rows `group` and 8 + group of the K.Q^T C fragment.
+inline constexpr int kTokenRows = kChunkTokens / kMmaN;
+// Value rows of a chunk a lane reads (the k indices of its P.V A fragment): 2 quad + {0, 1},
+// 8 + 2 quad + {0, 1}.
+inline constexpr int kLaneValueRows = 2 * kPair;
 inline constexpr int kARegs = 4;    // f16x2 A registers of one m16k16 tile
 inline constexpr int kAccRegs = 4;  // fp32 C registers of one m16n8 tile
 
@@ -276,8 +282,9 @@ struct Shape {
       CodeUnit<KeyBits>::kEntries > CodeUnit<ValueBits>::kEntries ? CodeUnit<KeyBits>::kEntries : CodeUnit<ValueBits>::kEntries;
   static constexpr size_t kTableBytes = size_t{kTableEntries} * kEntryBytes;
   static constexpr int kQueryHalves = kHeads * HeadDim;
-  // The query A fragments of every k-step, one 16-byte entry per lane: [kKSteps][32] uint4.
-  static constexpr size_t kQueryFragmentBytes = sizeof(uint4) * kKSteps * kWarpSize;
+  // The query B fragments of every K.Q^T tile and k-step, one 8-byte entry per lane:
+  // [kMaxQkTiles][kKSteps][32] uint2.
+  static constexpr size_t kQueryFragmentBytes = sizeof(uint2) * kMaxQkTiles * kKSteps * kWarpSize;
   static constexpr size_t kMainBytes =
       kTableBytes + kQueryFragmentBytes + 2 * sizeof(__half) * kQueryHalves + sizeof(float) * kHeads;
 
@@ -376,37 +383,19 @@ __device__ __forceinline__ void load_row_chunk(const uint8_t* src, const SignBit
   }
 }
 
-// Scale i (i = 2 n-tile + e: chunk row 8 n-tile + 2 quad + e) from the raw words of read_scales.
-__device__ __forceinline__ float scale_at(const uint32_t (&raw)[kLaneTokens], NormStorage norm, int i) {
-  if (norm == NormStorage::kF32) return __uint_as_float(raw[i]);
-  const uint32_t pair = raw[i / kPair];
-  const auto bits = static_cast<unsigned short>((i % kPair) ? (pair >> kHalfBits) : (pair & kLowHalfMask));
-  return __half2float(__ushort_as_half(bits));
-}
-
-// The scales of chunk rows 2 quad, 2 quad + 1, 8 + 2 quad, 9 + 2 quad from a stage's scale region
-// (`at` points at row 2 quad): fp16 -> raw[0..1] (two per word), fp32 -> raw[0..3].
-__device__ __forceinline__ void read_scales(const uint8_t* at, NormStorage norm, uint32_t (&raw)[kLaneTokens]) {
-#pragma unroll
-  for (int nt = 0; nt < kNTiles; ++nt) {
-    if (norm == NormStorage::kF32) {
-      const uint2 v = *reinterpret_cast<const uint2*>(at + nt * kMmaN * sizeof(float));
-      raw[kPair * nt] = v.x;
-      raw[kPair * nt + 1] = v.y;
-    } else {
-      raw[nt] = *reinterpret_cast<const uint32_t*>(at + nt * kMmaN * sizeof(uint16_t));
-      raw[kNTiles + nt] = 0u;
-    }
-  }
+// A token's scale (fp16 or fp32 in the stage's scale region) as a float.
+__device__ __forceinline__ float load_scale(const uint8_t* at, NormStorage norm) {
+  return norm == NormStorage::kF32 ? *reinterpret_cast<const float*>(at)
+                                   : __half2float(*reinterpret_cast<const __half*>(at));
 }
 
 // What one lane holds of one chunk (see Shape for the maps).
 template <class S>
 struct ChunkRegs {
-  uint32_t key[kNTiles][S::kKeyWords];          // n-tile nt: quarter `quad` of key row 8 nt + group
-  uint32_t value[kLaneTokens][S::kValueWords];  // eighth `group` of value rows 2 quad + {0, 1}, 8 + 2 quad + {0, 1}
-  uint32_t key_scale[kLaneTokens];              // read_scales
-  uint32_t value_scale[kLaneTokens];
+  uint32_t key[kTokenRows][S::kKeyWords];          // j: quarter `quad` of key row 8 j + group
+  uint32_t value[kLaneValueRows][S::kValueWords];  // eighth `group` of value rows 2 quad + {0, 1}, 8 + 2 quad + {0, 1}
+  float key_scale[kTokenRows];                     // of rows group, 8 + group (the scored tokens)
+  float value_scale[kTokenRows];
   bool page_ok;                                 // the block-table entry is inside the pool
 };
 
@@ -421,7 +410,7 @@ struct LaneStage {
   uint32_t scale_row_bytes;  // 2 (fp16) or 4 (fp32) bytes per row of that plane; 0: no scale piece
   uint32_t key_read;         // in a stage: this lane's key segment of row `group`
   uint32_t value_read;       // ... its value segment of row 2 quad
-  uint32_t key_scale_read;   // ... its key scale of row 2 quad
+  uint32_t key_scale_read;   // ... its key scale of row `group`
   uint32_t value_scale_read;
 };
 
@@ -449,8 +438,8 @@ __device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv
   o.scale_dst = (value_scales ? S::kStageValueScalesOffset : S::kStageKeyScalesOffset) + piece * device::kAsyncCopyBytes;
   o.key_read = group * S::kKeyStride + quad * S::kKeySegmentBytes;
   o.value_read = S::kStageValueOffset + kPair * quad * S::kValueStride + group * S::kValueSegmentBytes;
-  o.key_scale_read = S::kStageKeyScalesOffset + kPair * quad * (f32_keys ? sizeof(float) : sizeof(uint16_t));
-  o.value_scale_read = S::kStageValueScalesOffset + kPair * quad * (f32_values ? sizeof(float) : sizeof(uint16_t));
+  o.key_scale_read = S::kStageKeyScalesOffset + group * (f32_keys ? sizeof(float) : sizeof(uint16_t));
+  o.value_scale_read = S::kStageValueScalesOffset + group * (f32_values ? sizeof(float) : sizeof(uint16_t));
   return o;
 }
 
@@ -502,17 +491,22 @@ __device__ __forceinline__ void issue_chunk_copies(const AttentionParams& p, con
 template <class S, bool kValues>
 __device__ __forceinline__ void read_chunk(const uint8_t* stage, const LaneStage& o, NormStorage key_norm,
                                            NormStorage value_norm, ChunkRegs<S>& r) {
+  const int key_scale_bytes = key_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t);
+  const int value_scale_bytes = value_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t);
 #pragma unroll
-  for (int nt = 0; nt < kNTiles; ++nt)
-    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + nt * kMmaN * S::kKeyStride, r.key[nt]);
-  read_scales(stage + o.key_scale_read, key_norm, r.key_scale);
+  for (int j = 0; j < kTokenRows; ++j) {
+    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + j * kMmaN * S::kKeyStride, r.key[j]);
+    r.key_scale[j] = load_scale(stage + o.key_scale_read + j * kMmaN * key_scale_bytes, key_norm);
+  }
   if constexpr (kValues) {
 #pragma unroll
-    for (int i = 0; i < kLaneTokens; ++i) {
+    for (int i = 0; i < kLaneValueRows; ++i) {
       const int row = (i / kPair) * kMmaN + i % kPair;  // after the lane's first token 2 quad
       load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueStride, r.value[i]);
     }
-    read_scales(stage + o.value_scale_read, value_norm, r.value_scale);
+#pragma unroll
+    for (int j = 0; j < kTokenRows; ++j)
+      r.value_scale[j] = load_scale(stage + o.value_scale_read + j * kMmaN * value_scale_bytes, value_norm);
   }
 }
 
@@ -643,88 +637,121 @@ __device__ __forceinline__ void rotate_queries(const AttentionParams& p, int tok
 }
 
 // One chunk of one warp: scores, online softmax, value accumulation.
-// S = Q K^T of one chunk: s[nt][e] + s[nt][2 + e] = the (unscaled) score of head `group` and token
-// 8 nt + 2 quad + e (see attend_chunk).
-template <class S>
-__device__ __forceinline__ void qk_chunk(const ChunkRegs<S>& r, const uint4* qfrag, const uint8_t* table,
-                                         uint32_t key_offset, float (&s)[kNTiles][kAccRegs]) {
-  // S = Q K^T for tokens 8 nt + [0, 8): s[nt][e] + s[nt][2 + e] = score of head `group`, token 8 nt + 2 quad + e
-  // (rows 0-7 of A are the queries' hi parts, rows 8-15 their lo parts). B = the key levels of code
-  // pairs 2 kk and 2 kk + 1 of the lane's quarter row, times the table's key scale (host-chosen so
-  // that the fp16 levels are as exact as possible). Even and odd k-steps accumulate separately
-  // (four independent mma chains instead of two), summed at the end.
+// S^T = K Q^T of one chunk for kTiles tiles of 4 heads: s[nt][j] = the (unscaled) score of token
+// 8 j + group and local head 4 nt + quad. A = the key levels (m = the chunk's 16 tokens: lane (group,
+// quad) holds rows group and 8 + group, code pairs 2 kk and 2 kk + 1 of its quarter row in k-step
+// kk), B = the queries (n = 4 heads x {hi, lo}: column 2 h + part, one LDS.64 per tile and k-step
+// from `qfrag`, see the split kernel), so c0 + c1 (c2 + c3) is the whole score of one head. Even and
+// odd k-steps accumulate separately (independent mma chains), summed at the end.
+template <class S, int kTiles>
+__device__ __forceinline__ void qk_chunk(const ChunkRegs<S>& r, const uint2* qfrag, const uint8_t* table,
+                                         uint32_t key_offset, float (&s)[kMaxQkTiles][kTokenRows]) {
   constexpr int kChains = 2;
-  float c[kChains][kNTiles][kAccRegs];
+  float c[kChains][kTiles][kAccRegs];
 #pragma unroll
   for (int h = 0; h < kChains; ++h)
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) c[h][nt][0] = c[h][nt][1] = c[h][nt][2] = c[h][nt][3] = 0.0f;
+    for (int nt = 0; nt < kTiles; ++nt) c[h][nt][0] = c[h][nt][1] = c[h][nt][2] = c[h][nt][3] = 0.0f;
 #pragma unroll
   for (int kk = 0; kk < S::kKSteps; ++kk) {
-    const uint4 q = qfrag[kk * kWarpSize];  // this lane's A fragment of k-step kk
+    uint32_t a[kARegs];  // rows group / 8 + group, k 2 quad + {0,1} (pair 2 kk) and 8 + 2 quad + {0,1} (pair 2 kk + 1)
+    if constexpr (S::kKeyPairsPerUnit == 2) {
+      const uint2 low = unit_levels<S::kKeyBits>(table, r.key[0], kk, key_offset);
+      const uint2 high = unit_levels<S::kKeyBits>(table, r.key[1], kk, key_offset);
+      a[0] = low.x;
+      a[1] = high.x;
+      a[2] = low.y;
+      a[3] = high.y;
+    } else {
+      a[0] = pair_levels<S::kKeyBits>(table, r.key[0], kPair * kk, key_offset);
+      a[1] = pair_levels<S::kKeyBits>(table, r.key[1], kPair * kk, key_offset);
+      a[2] = pair_levels<S::kKeyBits>(table, r.key[0], kPair * kk + 1, key_offset);
+      a[3] = pair_levels<S::kKeyBits>(table, r.key[1], kPair * kk + 1, key_offset);
+    }
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-      uint32_t b0, b1;
-      if constexpr (S::kKeyPairsPerUnit == 2) {
-        const uint2 v = unit_levels<S::kKeyBits>(table, r.key[nt], kk, key_offset);
-        b0 = v.x;
-        b1 = v.y;
-      } else {
-        b0 = pair_levels<S::kKeyBits>(table, r.key[nt], kPair * kk, key_offset);
-        b1 = pair_levels<S::kKeyBits>(table, r.key[nt], kPair * kk + 1, key_offset);
-      }
-      device::mma_f16_m16n8k16(c[kk % kChains][nt], q.x, q.y, q.z, q.w, b0, b1);
+    for (int nt = 0; nt < kTiles; ++nt) {
+      const uint2 q = qfrag[(nt * S::kKSteps + kk) * kWarpSize];
+      device::mma_f16_m16n8k16(c[kk % kChains][nt], a, q.x, q.y);
     }
   }
 #pragma unroll
-  for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-    for (int i = 0; i < kAccRegs; ++i) s[nt][i] = c[0][nt][i] + c[1][nt][i];
+  for (int nt = 0; nt < kTiles; ++nt) {
+    s[nt][0] = (c[0][nt][0] + c[0][nt][1]) + (c[1][nt][0] + c[1][nt][1]);
+    s[nt][1] = (c[0][nt][2] + c[0][nt][3]) + (c[1][nt][2] + c[1][nt][3]);
+  }
 }
 
-template <class S>
-__device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, NormStorage key_norm,
-                                             NormStorage value_norm, int token0,
-                                             int first, int len, int quad, float factor_log2,
-                                             const uint4* qfrag, const uint8_t* table,
-                                             uint32_t key_offset, uint32_t value_offset, float& m_run, float& l_run,
-                                             float (&acc)[S::kMTiles][kAccRegs]) {
-  float s[kNTiles][kAccRegs];
-  qk_chunk<S>(r, qfrag, table, key_offset, s);
-  // Logits in log2 units (factor_log2 = the logit factor times log2(e)); i = 2 nt + e. The soft cap
+// The running (max, sum) of local head 4 nt + quad in lane (group, quad): the max is the same in
+// the head's eight lanes, each lane sums its own tokens (added up at the end).
+struct HeadState {
+  float m[kMaxQkTiles];
+  float l[kMaxQkTiles];
+};
+
+template <class S, int kTiles>
+__device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, int token0,
+                                             const int (&first)[kMaxQkTiles], const int (&len)[kMaxQkTiles], int group,
+                                             int quad, const float (&factor_log2)[kMaxQkTiles], const uint2* qfrag,
+                                             const uint8_t* table, uint32_t key_offset, uint32_t value_offset,
+                                             HeadState& st, float (&acc)[S::kMTiles][kAccRegs]) {
+  float s[kMaxQkTiles][kTokenRows];
+  qk_chunk<S, kTiles>(r, qfrag, table, key_offset, s);
+  // Logits in log2 units (factor_log2 = the head's logit factor times log2(e)). The soft cap
   // c * tanh(z / c) is the same map in log2 units with c * log2(e).
-  float x[kLaneTokens];
-  bool valid[kLaneTokens];
+  float x[kTiles][kTokenRows];
+  bool valid[kTiles][kTokenRows];
 #pragma unroll
-  for (int i = 0; i < kLaneTokens; ++i) {
-    const int nt = i / kPair, e = i % kPair;
-    x[i] = (s[nt][e] + s[nt][kPair + e]) * scale_at(r.key_scale, key_norm, i) * factor_log2;
-  }
+  for (int nt = 0; nt < kTiles; ++nt)
+#pragma unroll
+    for (int j = 0; j < kTokenRows; ++j) x[nt][j] = s[nt][j] * r.key_scale[j] * factor_log2[nt];
   if (p.logit_softcap > 0.0f) {
     const float cap = p.logit_softcap * kLog2e, inverse_cap = 1.0f / cap;
 #pragma unroll
-    for (int i = 0; i < kLaneTokens; ++i) x[i] = cap * tanhf(x[i] * inverse_cap);
-  }
+    for (int nt = 0; nt < kTiles; ++nt)
 #pragma unroll
-  for (int i = 0; i < kLaneTokens; ++i) {
-    const int token = token0 + (i / kPair) * kMmaN + kPair * quad + i % kPair;
-    valid[i] = r.page_ok && token >= first && token < len;
-    x[i] = valid[i] ? x[i] : kNegInf;
+      for (int j = 0; j < kTokenRows; ++j) x[nt][j] = cap * tanhf(x[nt][j] * inverse_cap);
   }
-  // The running max of a head is shared by its group's four lanes. It changes only when some logit
-  // exceeds it (every chunk at first, rarely later): then the group max (two shuffles), the rescale
-  // of the sum and of the accumulators; otherwise nothing but the exponentials.
-  const float lane_max = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
-  if (__any_sync(kFullWarpMask, lane_max > m_run)) {
-    float chunk_max = lane_max;
+  bool grew = false;
+  float lane_max[kTiles];
 #pragma unroll
-    for (int d = 1; d < kQuads; d <<= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullWarpMask, chunk_max, d));
-    const float m_new = fmaxf(m_run, chunk_max);
-    const float alpha = m_run == kNegInf ? 0.0f : fast_exp2(m_run - m_new);  // nothing attended yet: sums are 0
-    l_run *= alpha;
-    // Accumulator columns are heads 2 quad and 2 quad + 1, owned by groups 2 quad and 2 quad + 1.
-    const float alpha_even = __shfl_sync(kFullWarpMask, alpha, kPair * quad * kQuads);
-    const float alpha_odd = __shfl_sync(kFullWarpMask, alpha, (kPair * quad + 1) * kQuads);
+  for (int nt = 0; nt < kTiles; ++nt) {
+#pragma unroll
+    for (int j = 0; j < kTokenRows; ++j) {
+      const int token = token0 + j * kMmaN + group;
+      valid[nt][j] = r.page_ok && token >= first[nt] && token < len[nt];
+      x[nt][j] = valid[nt][j] ? x[nt][j] : kNegInf;
+    }
+    lane_max[nt] = fmaxf(x[nt][0], x[nt][1]);
+    grew = grew || lane_max[nt] > st.m[nt];
+  }
+  // A head's running max changes only when one of its logits exceeds it (every chunk at first,
+  // rarely later): then its max over the eight lanes (three shuffles), the rescale of the sum and of
+  // the accumulators; otherwise nothing but the exponentials.
+  if (__any_sync(kFullWarpMask, grew)) {
+    float alpha[kTiles];
+#pragma unroll
+    for (int nt = 0; nt < kTiles; ++nt) {
+      float chunk_max = lane_max[nt];
+#pragma unroll
+      for (int d = kQuads; d < kWarpSize; d <<= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullWarpMask, chunk_max, d));
+      const float m_new = fmaxf(st.m[nt], chunk_max);
+      alpha[nt] = st.m[nt] == kNegInf ? 0.0f : fast_exp2(st.m[nt] - m_new);  // nothing attended yet: sums are 0
+      st.l[nt] *= alpha[nt];
+      st.m[nt] = m_new;
+    }
+    // Accumulator columns 2 quad and 2 quad + 1 are local heads; head v's factor is in the lanes of
+    // quad v % 4, tile v / 4 (one tile: heads 4-7 do not exist, their columns stay 0).
+    const int even = (kPair * quad) % kHeadsPerQkTile, odd = even + 1;
+    float alpha_even = __shfl_sync(kFullWarpMask, alpha[0], even);
+    float alpha_odd = __shfl_sync(kFullWarpMask, alpha[0], odd);
+    if constexpr (kTiles == 2) {
+      const float even1 = __shfl_sync(kFullWarpMask, alpha[1], even);
+      const float odd1 = __shfl_sync(kFullWarpMask, alpha[1], odd);
+      if (kPair * quad >= kHeadsPerQkTile) {
+        alpha_even = even1;
+        alpha_odd = odd1;
+      }
+    }
 #pragma unroll
     for (int mt = 0; mt < S::kMTiles; ++mt) {
       acc[mt][0] *= alpha_even;
@@ -732,22 +759,39 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
       acc[mt][2] *= alpha_even;
       acc[mt][3] *= alpha_odd;
     }
-    m_run = m_new;
   }
-  const float m_use = m_run == kNegInf ? 0.0f : m_run;  // nothing attended yet: keep exp2 finite
-  float prob[kLaneTokens], sum = 0.0f;
+  // P' = p_t * value_scale_t in fp16: w[nt] = (token group, token 8 + group) of head 4 nt + quad.
+  uint32_t w[kTiles];
 #pragma unroll
-  for (int i = 0; i < kLaneTokens; ++i) {
-    prob[i] = fast_exp2(x[i] - m_use);
-    sum += prob[i];
+  for (int nt = 0; nt < kTiles; ++nt) {
+    const float m_use = st.m[nt] == kNegInf ? 0.0f : st.m[nt];  // nothing attended yet: keep exp2 finite
+    float weight[kTokenRows];
+#pragma unroll
+    for (int j = 0; j < kTokenRows; ++j) {
+      const float prob = fast_exp2(x[nt][j] - m_use);
+      st.l[nt] += prob;
+      weight[j] = valid[nt][j] ? prob * r.value_scale[j] : 0.0f;  // a masked token's scale may be garbage
+    }
+    w[nt] = half2_bits(weight[0], weight[1]);
   }
-  l_run += sum;
-  // O^T += V^T P': B = P' of head `group`, tokens 2 quad + {0, 1} and 8 + 2 quad + {0, 1}.
-  float weight[kLaneTokens];
-#pragma unroll
-  for (int i = 0; i < kLaneTokens; ++i) weight[i] = valid[i] ? prob[i] * scale_at(r.value_scale, value_norm, i) : 0.0f;
-  const uint32_t b0 = half2_bits(weight[0], weight[1]);
-  const uint32_t b1 = half2_bits(weight[2], weight[3]);
+  // The B fragment of O^T += V^T P' (k = tokens, n = local head `group`): tokens 2 quad + {0, 1}
+  // (b0) and 8 + 2 quad + {0, 1} (b1) of head `group` come from lanes (2 quad, group % 4) and
+  // (2 quad + 1, group % 4), tile group / 4: two shuffles per tile and two byte permutes.
+  const int from = kPair * quad * kQuads + group % kHeadsPerQkTile;
+  uint32_t even_token = __shfl_sync(kFullWarpMask, w[0], from);
+  uint32_t odd_token = __shfl_sync(kFullWarpMask, w[0], from + kQuads);
+  if constexpr (kTiles == 2) {
+    const uint32_t even1 = __shfl_sync(kFullWarpMask, w[1], from);
+    const uint32_t odd1 = __shfl_sync(kFullWarpMask, w[1], from + kQuads);
+    if (group >= kHeadsPerQkTile) {
+      even_token = even1;
+      odd_token = odd1;
+    }
+  } else {
+    if (group >= kHeadsPerQkTile) even_token = odd_token = 0u;  // no such head in one tile
+  }
+  const uint32_t b0 = __byte_perm(even_token, odd_token, kPermLowHalves);
+  const uint32_t b1 = __byte_perm(even_token, odd_token, kPermHighHalves);
   if constexpr (CodeUnit<S::kValueBits>::kByteUnits) {
     // 4 and 2 bits: the code fields of two tokens at the same coordinates are interleaved (one
     // shift and one bit-select per word), so a table entry is directly an A register: the levels of
@@ -755,7 +799,7 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
     // (rows 8-15). mix[2 t + f]: token pair t, field f (f = 0: even codes of the stream, 1: odd).
     constexpr int kBits = S::kValueBits;
     constexpr uint32_t kEvenFields = kBits == 4 ? 0x0f0f0f0fu : 0x33333333u;  // every other field
-    uint32_t mix[kLaneTokens][S::kValueWords];
+    uint32_t mix[kLaneValueRows][S::kValueWords];
 #pragma unroll
     for (int t = 0; t < kPair; ++t)
 #pragma unroll
@@ -764,7 +808,7 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
         mix[kPair * t][w] = (first & kEvenFields) | ((second << kBits) & ~kEvenFields);
         mix[kPair * t + 1][w] = ((first >> kBits) & kEvenFields) | (second & ~kEvenFields);
       }
-    uint2 unit[kLaneTokens];  // two-pair units (2 bits): m-tiles 2 j and 2 j + 1
+    uint2 unit[kLaneValueRows];  // two-pair units (2 bits): m-tiles 2 j and 2 j + 1
 #pragma unroll
     for (int mt = 0; mt < S::kMTiles; ++mt) {
       uint32_t a[kARegs];
@@ -784,9 +828,9 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
     // pair the tokens up.
 #pragma unroll
     for (int mt = 0; mt < S::kMTiles; ++mt) {
-      uint32_t v[kLaneTokens];
+      uint32_t v[kLaneValueRows];
 #pragma unroll
-      for (int i = 0; i < kLaneTokens; ++i) v[i] = pair_levels<S::kValueBits>(table, r.value[i], mt, value_offset);
+      for (int i = 0; i < kLaneValueRows; ++i) v[i] = pair_levels<S::kValueBits>(table, r.value[i], mt, value_offset);
       device::mma_f16_m16n8k16(acc[mt], __byte_perm(v[0], v[1], kPermLowHalves), __byte_perm(v[0], v[1], kPermHighHalves),
                                __byte_perm(v[2], v[3], kPermLowHalves), __byte_perm(v[2], v[3], kPermHighHalves), b0, b1);
     }
@@ -819,7 +863,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   using S = Shape<HeadDim, KeyBits, ValueBits>;
   extern __shared__ __align__(kMaxLoadBytes) uint8_t smem[];
   uint8_t* table = smem;
-  auto* qfrag = reinterpret_cast<uint4*>(smem + S::kTableBytes);
+  auto* qfrag = reinterpret_cast<uint2*>(smem + S::kTableBytes);
   auto* q_hi = reinterpret_cast<__half*>(smem + S::kTableBytes + S::kQueryFragmentBytes);
   __half* q_lo = q_hi + S::kQueryHalves;
   auto* factor_s = reinterpret_cast<float*>(q_lo + S::kQueryHalves);
@@ -870,11 +914,16 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     const int slot = head0 + h, token = slot / p.group;
     return static_cast<int64_t>(token_row0 + token) * p.q_heads + kv * p.group + (slot - token * p.group);
   };
-  // This lane's head (its group; lanes past the tile's heads take its last one, their queries are
-  // zero): the keys its token attends.
-  const int lane_token = (head0 + min(lane / kQuads, heads - 1)) / p.group;
-  [[maybe_unused]] const int lane_len = max(0, len - (n_tokens - 1 - lane_token));
-  [[maybe_unused]] const int lane_first = window_first(lane_len);
+  // This lane's heads 4 nt + quad (lanes past the tile's heads take its last one, their queries are
+  // zero): the keys their tokens attend.
+  const int tiles = heads > kHeadsPerQkTile ? 2 : 1;
+  int lane_first[kMaxQkTiles], lane_len[kMaxQkTiles];
+#pragma unroll
+  for (int nt = 0; nt < kMaxQkTiles; ++nt) {
+    const int token = (head0 + min(nt * kHeadsPerQkTile + quad, heads - 1)) / p.group;
+    lane_len[nt] = max(0, len - (n_tokens - 1 - token));
+    lane_first[nt] = window_first(lane_len[nt]);
+  }
   auto* partial_max_sum = reinterpret_cast<float2*>(p.partial_max_sum);
 
   if (begin >= end) {  // nothing to attend in this split: the merge skips it (partial_out unread)
@@ -888,11 +937,18 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   float acc[S::kMTiles][kAccRegs];
 #pragma unroll
   for (int mt = 0; mt < S::kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
-  float m_run = kNegInf, l_run = 0.0f;
-  // The walk over the warp's chunks, compiled twice: with both scale planes fp16 (the usual case;
-  // no fp32 paths in the loop) and with the storage read from the parameters.
-  const auto walk = [&](auto half_scales) {
+  HeadState st;
+#pragma unroll
+  for (int nt = 0; nt < kMaxQkTiles; ++nt) {
+    st.m[nt] = kNegInf;
+    st.l[nt] = 0.0f;
+  }
+  // The walk over the warp's chunks, compiled three times: both scale planes fp16 (the usual case;
+  // no fp32 paths in the loop) with one or two K.Q^T tiles, and the storage read from the
+  // parameters with two.
+  const auto walk = [&](auto half_scales, auto qk_tiles) {
     constexpr bool kHalfScales = decltype(half_scales)::value;
+    constexpr int kTiles = decltype(qk_tiles)::value;
     const NormStorage key_norm = kHalfScales ? NormStorage::kF16 : p.key_norm;
     const NormStorage value_norm = kHalfScales ? NormStorage::kF16 : p.value_norm;
     // The warp's first kStages chunks go in flight now, overlapping the query rotation (block-table
@@ -927,21 +983,26 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     rotate_queries<HeadDim, QType>(p, token_row0, kv, head0, heads, q_hi, q_lo, factor_s);
     __syncthreads();
 
-    // Query A fragments of k-step kk for lane (group, quad): {hi(c, c+1), lo(c, c+1), hi(c+2, c+3),
-    // lo(c+2, c+3)} of head `group`, c = quad * d/4 + 4 kk (rows 0-7 hi, rows 8-15 lo); the same for
-    // every warp, so stored once: entry kk * 32 + lane (one conflict-free 16-byte load per k-step).
-    for (int i = threadIdx.x; i < S::kKSteps * kWarpSize; i += kThreads) {
-      const int kk = i / kWarpSize, l = i % kWarpSize;
-      const int at = (l / kQuads) * HeadDim + (l % kQuads) * S::kKeySegmentCoords + S::kCoordsPerKStep * kk;
-      const uint2 h = *reinterpret_cast<const uint2*>(q_hi + at);
-      const uint2 lo = *reinterpret_cast<const uint2*>(q_lo + at);
-      qfrag[i] = make_uint4(h.x, lo.x, h.y, lo.y);
+    // Query B fragments of tile nt and k-step kk for lane (group, quad): column `group` = part
+    // group % 2 (hi, lo) of local head 4 nt + group / 2, coordinates c .. c + 3 with
+    // c = quad * d/4 + 4 kk (k indices 2 quad + {0, 1}, 8 + 2 quad + {0, 1}); the same for every
+    // warp, so stored once: entry (nt * kKSteps + kk) * 32 + lane (one conflict-free LDS.64).
+    for (int i = threadIdx.x; i < kMaxQkTiles * S::kKSteps * kWarpSize; i += kThreads) {
+      const int nt = i / (S::kKSteps * kWarpSize), kk = (i / kWarpSize) % S::kKSteps, l = i % kWarpSize;
+      const int column = l / kQuads;
+      const int at = (nt * kHeadsPerQkTile + column / kPair) * HeadDim + (l % kQuads) * S::kKeySegmentCoords +
+                     S::kCoordsPerKStep * kk;
+      qfrag[i] = *reinterpret_cast<const uint2*>((column % kPair ? q_lo : q_hi) + at);
     }
     __syncthreads();
-    const float factor = factor_s[group];
+    float factor[kMaxQkTiles], factor_log2[kMaxQkTiles];
+#pragma unroll
+    for (int nt = 0; nt < kMaxQkTiles; ++nt) {
+      factor[nt] = factor_s[nt * kHeadsPerQkTile + quad];
+      factor_log2[nt] = factor[nt] * kLog2e;
+    }
     const uint32_t key_offset = lane_copy_offset<KeyBits>(lane, false);
     const uint32_t value_offset = lane_copy_offset<ValueBits>(lane, true);
-    [[maybe_unused]] float* const score_row = kScores ? p.scores + (row0 + group) * p.max_context : nullptr;  // kScores: head `group`
 
     for (int i = 0; chunk < end; chunk += kStep, ++i) {
       // Chunk i of the warp: wait for its stage (the newer kStages - 1 groups may still fly), take it
@@ -962,32 +1023,43 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
       ok_bits >>= 1;
 
       if constexpr (kScores) {
-        // Scores of head `group` (when inside the tile) for tokens 8 nt + 2 quad + e.
-        float s[kNTiles][kAccRegs];
-        qk_chunk<S>(cur, qfrag + lane, table, key_offset, s);
+        // Scores of local heads 4 nt + quad (when inside the tile) for tokens 8 j + group.
+        float s[kMaxQkTiles][kTokenRows];
+        qk_chunk<S, kTiles>(cur, qfrag + lane, table, key_offset, s);
 #pragma unroll
-        for (int t = 0; t < kLaneTokens; ++t) {
-          const int nt = t / kPair, e = t % kPair;
-          const int token = chunk * kChunkTokens + nt * kMmaN + kPair * quad + e;
-          if (group < heads && cur.page_ok && token < len)
-            score_row[token] = (s[nt][e] + s[nt][kPair + e]) * scale_at(cur.key_scale, key_norm, t) * factor;
+        for (int nt = 0; nt < kTiles; ++nt) {
+          const int v = nt * kHeadsPerQkTile + quad;
+          float* const score_row = p.scores + (row0 + v) * p.max_context;
+#pragma unroll
+          for (int j = 0; j < kTokenRows; ++j) {
+            const int token = chunk * kChunkTokens + j * kMmaN + group;
+            if (v < heads && cur.page_ok && token < len) score_row[token] = s[nt][j] * cur.key_scale[j] * factor[nt];
+          }
         }
       } else {
-        attend_chunk<S>(p, cur, key_norm, value_norm, chunk * kChunkTokens, lane_first, lane_len, quad, factor * kLog2e, qfrag + lane,
-                        table, key_offset, value_offset, m_run, l_run, acc);
+        attend_chunk<S, kTiles>(p, cur, chunk * kChunkTokens, lane_first, lane_len, group, quad, factor_log2,
+                                qfrag + lane, table, key_offset, value_offset, st, acc);
       }
     }
   };
+  using OneTile = std::integral_constant<int, 1>;
+  using TwoTiles = std::integral_constant<int, 2>;
   if (p.key_norm == NormStorage::kF16 && p.value_norm == NormStorage::kF16) {
-    walk(std::true_type{});
+    if (tiles == 1) {
+      walk(std::true_type{}, OneTile{});
+    } else {
+      walk(std::true_type{}, TwoTiles{});
+    }
   } else {
-    walk(std::false_type{});
+    walk(std::false_type{}, TwoTiles{});
   }
   device::async_copy_wait<0>();  // nothing in flight (the last groups are empty) before smem is reused
   if constexpr (!kScores) {
-  // Each lane summed its own tokens; the group's four lanes share one head.
+  // Each lane summed its own tokens; a head's eight lanes (one quad of each group) add them up.
 #pragma unroll
-  for (int d = 1; d < kQuads; d <<= 1) l_run += __shfl_xor_sync(kFullWarpMask, l_run, d);
+  for (int nt = 0; nt < kMaxQkTiles; ++nt)
+#pragma unroll
+    for (int d = kQuads; d < kWarpSize; d <<= 1) st.l[nt] += __shfl_xor_sync(kFullWarpMask, st.l[nt], d);
 
   // Merge the warps: O^T column 2 quad (+1) = head, row = coordinate group * d/8 + 2 mt (+1).
   __syncthreads();  // the tables and queries are dead from here
@@ -1000,7 +1072,11 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     mine[(kPair * quad) * S::kMergeRowStride + coord + 1] = acc[mt][2];
     mine[(kPair * quad + 1) * S::kMergeRowStride + coord + 1] = acc[mt][3];
   }
-  if (quad == 0) merge_max_sum[warp * kHeads + group] = make_float2(m_run, l_run);
+  if (group == 0) {
+#pragma unroll
+    for (int nt = 0; nt < kMaxQkTiles; ++nt)
+      merge_max_sum[warp * kHeads + nt * kHeadsPerQkTile + quad] = make_float2(st.m[nt], st.l[nt]);
+  }
   __syncthreads();
   for (int i = threadIdx.x; i < heads * HeadDim; i += kThreads) {
     const int h = i / HeadDim, j = i % HeadDim;
