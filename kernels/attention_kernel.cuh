@@ -85,8 +85,8 @@ inline constexpr int kHeadsPerQkTile = kMmaN / kPair;
 inline constexpr int kMaxQkTiles = kHeads / kHeadsPerQkTile;
 // Tokens of a chunk a lane scores: rows `group` and 8 + group of the K.Q^T C fragment.
 inline constexpr int kTokenRows = kChunkTokens / kMmaN;
-// Value rows of a chunk a lane reads (the k indices of its P.V A fragment): quad + {0, 4},
-// 8 + quad + {0, 4} (Shape).
+// Value rows of a chunk a lane reads (the k indices of its P.V A fragment): 2 quad + {0, 1},
+// 8 + 2 quad + {0, 1}.
 inline constexpr int kLaneValueRows = 2 * kPair;
 inline constexpr int kARegs = 4;    // f16x2 A registers of one m16k16 tile
 inline constexpr int kAccRegs = 4;  // fp32 C registers of one m16n8 tile
@@ -142,6 +142,94 @@ __device__ __forceinline__ uint32_t lane_copy_offset(int lane, bool value_side) 
 [[nodiscard]] TQ_HOST_DEVICE constexpr size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 [[nodiscard]] TQ_HOST_DEVICE constexpr int words_for(int bytes) { return (bytes + kBytesPerWord - 1) / kBytesPerWord; }
 
+// ---- the per-warp stage ring: bank model of the fragment reads ------------------------------------
+// Each warp copies its coming chunks into shared-memory stages (cp.async) and reads a lane's code
+// segments from there (see Shape). The reads below model those loads: lane (group, quad) reads its
+// segment of `segment` bytes at row `group` (key side; the other n-tile is 8 rows further) or row
+// 2 quad (value side; the others are 1, 8, 9 rows further, the same bank pattern shifted), offset
+// quad * segment resp. group * segment, with the widest vector load the alignment allows, or
+// covering 4-byte words below 4-byte alignment (load_segment). A warp-wide load of W bytes per lane
+// is served 128 / W lanes at a time, each phase taking as many wavefronts as the most distinct
+// words any one bank is asked for.
+[[nodiscard]] TQ_HOST_DEVICE constexpr int segment_load_width(int bytes, int align) {
+  return align >= kMaxLoadBytes && bytes % kMaxLoadBytes == 0 ? kMaxLoadBytes
+         : align >= 8 && bytes % 8 == 0                        ? 8
+                                                               : kBytesPerWord;
+}
+
+[[nodiscard]] TQ_HOST_DEVICE constexpr int segment_read_wavefronts(int stride, int segment, bool value_side) {
+  constexpr int kBanks = 32, kPhaseBytes = 128;
+  const int align = min_int(min_int(lowest_bit(stride), lowest_bit(segment)), kMaxLoadBytes);
+  const int width = segment_load_width(segment, align);
+  const bool covering = align < kBytesPerWord;
+  const int loads = covering ? words_for(segment) + 1 : segment / width;
+  const int lanes_per_phase = kPhaseBytes / width;
+  int total = 0;
+  for (int k = 0; k < loads; ++k) {
+    for (int phase = 0; phase < kWarpSize; phase += lanes_per_phase) {
+      int worst = 0;
+      for (int bank = 0; bank < kBanks; ++bank) {
+        int words[kBanks] = {};
+        int distinct = 0;
+        for (int l = phase; l < phase + lanes_per_phase; ++l) {
+          const int group = l / kQuads, quad = l % kQuads;
+          int at = value_side ? kPair * quad * stride + group * segment : group * stride + quad * segment;
+          if (covering) at -= at % kBytesPerWord;
+          at += k * width;
+          for (int w = at / kBytesPerWord; w < (at + width) / kBytesPerWord; ++w) {
+            if (w % kBanks != bank) continue;
+            bool seen = false;
+            for (int i = 0; i < distinct; ++i) seen = seen || words[i] == w;
+            if (!seen && distinct < kBanks) words[distinct++] = w;
+          }
+        }
+        worst = worst > distinct ? worst : distinct;
+      }
+      total += worst;
+    }
+  }
+  return total;
+}
+
+// The stage's row stride for rows of `row_bytes`: the row size, or that plus 16, 32 or 48 bytes when
+// the padding removes bank conflicts of the segment reads (only rows of a power-of-two count of
+// 16-byte pieces are padded, so that a lane's copies stay a fixed stride apart).
+[[nodiscard]] TQ_HOST_DEVICE constexpr int stage_row_stride(int row_bytes, int segment, bool value_side) {
+  const int pieces = row_bytes / kMaxLoadBytes;
+  const bool paddable = row_bytes % kMaxLoadBytes == 0 && (pieces & (pieces - 1)) == 0 && pieces <= kWarpSize;
+  int best = row_bytes, best_cost = segment_read_wavefronts(row_bytes, segment, value_side);
+  for (int pad = 1; paddable && pad <= 3; ++pad) {
+    const int cost = segment_read_wavefronts(row_bytes + pad * kMaxLoadBytes, segment, value_side);
+    if (cost < best_cost) {
+      best = row_bytes + pad * kMaxLoadBytes;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+// Copies of one 16-token region of rows of `row_bytes` into a stage with row stride `stride`: the
+// region is row_bytes 16-byte pieces (16 rows); lane l copies pieces l, l + 32, ...; piece i lands at
+// (i / pieces per row) * stride + (i % pieces per row) * 16 (padded) or i * 16 (stride = row size).
+template <int RowBytes, int Stride>
+struct RegionCopy {
+  static constexpr int kPieces = RowBytes * kAttentionChunkTokens / device::kAsyncCopyBytes;
+  static constexpr int kSteps = (kPieces + kWarpSize - 1) / kWarpSize;  // copies per lane (the last maybe partial)
+  static constexpr bool kPadded = Stride != RowBytes;
+  static constexpr int kPiecesPerRow = RowBytes / device::kAsyncCopyBytes;  // padded rows only
+  // Shared-memory distance between a lane's consecutive pieces.
+  static constexpr int kDstStep = kPadded ? (kWarpSize / kPiecesPerRow) * Stride : kWarpSize * device::kAsyncCopyBytes;
+  static constexpr int kSrcStep = kWarpSize * device::kAsyncCopyBytes;
+  static_assert(!kPadded || (RowBytes % device::kAsyncCopyBytes == 0 && kWarpSize % kPiecesPerRow == 0),
+                "padded rows are whole pieces, a power of two of them");
+  static_assert((RowBytes * kAttentionChunkTokens) % device::kAsyncCopyBytes == 0, "a region is whole pieces");
+  // Byte offset of lane l's first piece inside the stage region.
+  static TQ_HOST_DEVICE constexpr uint32_t dst_offset(int lane) {
+    return kPadded ? static_cast<uint32_t>((lane / kPiecesPerRow) * Stride + (lane % kPiecesPerRow) * device::kAsyncCopyBytes)
+                   : static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
+  }
+};
+
 // Compile-time geometry of one instance.
 //
 // Q.K^T: lane (group, quad) holds key rows `group` (n-tile 0) and 8 + group (n-tile 1) of a chunk,
@@ -150,12 +238,10 @@ __device__ __forceinline__ uint32_t lane_copy_offset(int lane, bool value_side) 
 // 2 quad + e <-> coordinate quad * d/4 + 4 kk + e and 8 + 2 quad + e <-> quad * d/4 + 4 kk + 2 + e;
 // the query registers follow the same map.
 //
-// P.V: m-tile mt, row group <-> coordinate group * d/8 + 2 mt, row group + 8 <-> the next one; the
-// k indices 2 quad + e <-> token quad + 4 e, 8 + 2 quad + e <-> token 8 + quad + 4 e, so lane
-// (group, quad) needs the contiguous eighth [group * d/8, (group + 1) * d/8) of value rows quad,
-// quad + 4, 8 + quad, 12 + quad (rows four apart rather than two: half the bank conflicts of the
-// stage reads); code pair mt of an eighth is one table lookup giving (row group, row group + 8) of
-// one token.
+// P.V: m-tile mt, row group <-> coordinate group * d/8 + 2 mt, row group + 8 <-> the next one, so
+// lane (group, quad) needs the contiguous eighth [group * d/8, (group + 1) * d/8) of value rows
+// 2 quad, 2 quad + 1, 8 + 2 quad, 9 + 2 quad (its A registers' k = tokens); code pair mt of an
+// eighth is one table lookup giving (row group, row group + 8) of one token.
 template <int HeadDim, int KeyBits, int ValueBits>
 struct Shape {
   static_assert(HeadDim % kMmaK == 0, "head_dim must be a multiple of 16");
@@ -167,9 +253,10 @@ struct Shape {
   static constexpr int kKeyRowBytes = HeadDim * KeyBits / kBitsPerByte;
   static constexpr int kKeySegmentCoords = HeadDim / kQuads;
   static constexpr int kKeySegmentBytes = kKeyRowBytes / kQuads;
-  // Rows in a stage are contiguous; a lane's segments start at multiples of their size.
+  // Key rows in a stage (see RegionCopy) are kKeyStride apart; segments at multiples of their size.
+  static constexpr int kKeyStride = stage_row_stride(kKeyRowBytes, kKeySegmentBytes, false);
   static constexpr int kKeySegmentAlign =
-      min_int(min_int(lowest_bit(kKeyRowBytes), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
+      min_int(min_int(lowest_bit(kKeyStride), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
   static constexpr int kKeyWords = words_for(kKeySegmentBytes);
   static constexpr int kKeyPairsPerUnit = CodeUnit<KeyBits>::kPairs;
   static constexpr int kCoordsPerKStep = 2 * kPair;  // of a lane's quarter: b0 and b1, a pair each
@@ -177,8 +264,9 @@ struct Shape {
   static constexpr int kValueRowBytes = HeadDim * ValueBits / kBitsPerByte;
   static constexpr int kValueSegmentCoords = HeadDim / kGroups;
   static constexpr int kValueSegmentBytes = kValueRowBytes / kGroups;
+  static constexpr int kValueStride = stage_row_stride(kValueRowBytes, kValueSegmentBytes, true);
   static constexpr int kValueSegmentAlign =
-      min_int(min_int(lowest_bit(kValueRowBytes), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
+      min_int(min_int(lowest_bit(kValueStride), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
   static constexpr int kValueWords = words_for(kValueSegmentBytes);
   static constexpr int kValuePairsPerUnit = CodeUnit<ValueBits>::kPairs;
 
@@ -201,30 +289,26 @@ struct Shape {
       kTableBytes + kQueryFragmentBytes + 2 * sizeof(__half) * kQueryHalves + sizeof(float) * kHeads;
 
   // The stage ring (after the main bytes): kStages stages per warp, each one chunk as
-  // [key rows: 16 x kKeyRowBytes][value rows: 16 x kValueRowBytes][key scales][value scales]
-  // (scales with room for fp32), each region one bulk copy of the page's contiguous rows, completing
-  // on the stage's barrier (kStages per warp, after the ring). A warp reads chunk i from stage
-  // i % kStages while chunks i + 1 .. i + kStages are in flight (the stage of chunk i is refilled
-  // right after its reads).
+  // [key rows: 16 x kKeyStride][value rows: 16 x kValueStride][key scales][value scales], scales
+  // with room for fp32. A warp reads chunk i from stage i % kStages while chunks i + 1 .. i + kStages
+  // are in flight (the stage of chunk i is refilled right after its reads).
   static constexpr int kStages = 2;
-  static constexpr int kKeyRegionBytes = kAttentionChunkTokens * kKeyRowBytes;
-  static constexpr int kValueRegionBytes = kAttentionChunkTokens * kValueRowBytes;
+  using KeyCopy = RegionCopy<kKeyRowBytes, kKeyStride>;
+  using ValueCopy = RegionCopy<kValueRowBytes, kValueStride>;
   static constexpr int kScaleRegionBytes = kAttentionChunkTokens * static_cast<int>(sizeof(float));
-  static constexpr int kStageValueOffset = kKeyRegionBytes;
-  static constexpr int kStageKeyScalesOffset = kStageValueOffset + kValueRegionBytes;
+  static constexpr int kStageValueOffset = kAttentionChunkTokens * kKeyStride;
+  static constexpr int kStageKeyScalesOffset = kStageValueOffset + kAttentionChunkTokens * kValueStride;
   static constexpr int kStageValueScalesOffset = kStageKeyScalesOffset + kScaleRegionBytes;
   static constexpr int kStageBytes = kStageValueScalesOffset + kScaleRegionBytes;
-  static_assert(kKeyRegionBytes % device::kAsyncCopyBytes == 0 && kValueRegionBytes % device::kAsyncCopyBytes == 0,
-                "stage regions are whole 16-byte pieces (bulk copies)");
+  static_assert(kStageValueOffset % device::kAsyncCopyBytes == 0 && kStageBytes % device::kAsyncCopyBytes == 0,
+                "stage regions start 16-byte aligned");
   static constexpr size_t kRingOffset = (kMainBytes + kMaxLoadBytes - 1) / kMaxLoadBytes * kMaxLoadBytes;
   static constexpr size_t kRingBytes = size_t{kAttentionWarps} * kStages * kStageBytes;
-  static constexpr size_t kBarrierOffset = kRingOffset + kRingBytes;  // [warps][kStages] 64-bit mbarriers
-  static constexpr size_t kBarrierBytes = sizeof(uint64_t) * kAttentionWarps * kStages;
 
   static constexpr int kMergeRowStride = HeadDim + 1;
   static constexpr size_t kMergeOutFloats = size_t{kAttentionWarps} * kHeads * kMergeRowStride;
   static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kAttentionWarps * kHeads;
-  static constexpr size_t kSmemBytes = max_size(kBarrierOffset + kBarrierBytes, kMergeBytes);
+  static constexpr size_t kSmemBytes = max_size(kRingOffset + kRingBytes, kMergeBytes);
 };
 
 // ---- small device helpers -------------------------------------------------------------------------
@@ -309,30 +393,53 @@ __device__ __forceinline__ float load_scale(const uint8_t* at, NormStorage norm)
 template <class S>
 struct ChunkRegs {
   uint32_t key[kTokenRows][S::kKeyWords];          // j: quarter `quad` of key row 8 j + group
-  uint32_t value[kLaneValueRows][S::kValueWords];  // eighth `group` of value rows quad + {0, 4}, 8 + quad + {0, 4}
+  uint32_t value[kLaneValueRows][S::kValueWords];  // eighth `group` of value rows 2 quad + {0, 1}, 8 + 2 quad + {0, 1}
   float key_scale[kTokenRows];                     // of rows group, 8 + group (the scored tokens)
   float value_scale[kTokenRows];
   bool page_ok;                                 // the block-table entry is inside the pool
 };
 
-// A lane's reads of every chunk (stage -> registers), the same for every chunk of the CTA: byte
-// offsets inside a stage.
+// A lane's part of every chunk's copies (page -> stage) and reads (stage -> registers), the same for
+// every chunk of the CTA: byte offsets, 32-bit (a page is far below 2 GiB).
 struct LaneStage {
-  uint32_t key_read;          // this lane's key segment of row `group`
-  uint32_t value_read;        // ... its value segment of row `quad`
-  uint32_t key_scale_read;    // ... its key scale of row `group`
-  uint32_t value_scale_read;  // ... and value scale
+  uint32_t src;              // in a page: KV head kv's block + this lane's first 16-byte piece of a region
+  uint32_t key_dst;          // in a stage: this lane's first key piece (RegionCopy)
+  uint32_t value_dst;        // ... and value piece
+  uint32_t scale_src;        // in a page: the scale piece this lane copies (at row 0), lanes 0-7 only
+  uint32_t scale_dst;        // in a stage: where it goes
+  uint32_t scale_row_bytes;  // 2 (fp16) or 4 (fp32) bytes per row of that plane; 0: no scale piece
+  uint32_t key_read;         // in a stage: this lane's key segment of row `group`
+  uint32_t value_read;       // ... its value segment of row 2 quad
+  uint32_t key_scale_read;   // ... its key scale of row `group`
+  uint32_t value_scale_read;
 };
 
-template <class S>
-__device__ __forceinline__ LaneStage lane_stage(int lane, NormStorage key_norm, NormStorage value_norm) {
+template <class S, bool kValues>
+__device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv, int lane, NormStorage key_norm,
+                                                NormStorage value_norm) {
+  constexpr int kScaleLanes = 2 * S::kScaleRegionBytes / device::kAsyncCopyBytes;  // 4 pieces per scale region
+  constexpr int kPiecesPerScaleRegion = kScaleLanes / 2;
   const int group = lane / kQuads, quad = lane % kQuads;
+  const auto head = static_cast<uint32_t>(kv * p.head_bytes);
+  const bool f32_keys = key_norm == NormStorage::kF32, f32_values = value_norm == NormStorage::kF32;
   LaneStage o;
-  o.key_read = group * S::kKeyRowBytes + quad * S::kKeySegmentBytes;
-  o.value_read = S::kStageValueOffset + quad * S::kValueRowBytes + group * S::kValueSegmentBytes;
-  o.key_scale_read = S::kStageKeyScalesOffset + group * (key_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t));
-  o.value_scale_read =
-      S::kStageValueScalesOffset + group * (value_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t));
+  o.src = head + static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
+  o.key_dst = S::KeyCopy::dst_offset(lane);
+  o.value_dst = S::kStageValueOffset + S::ValueCopy::dst_offset(lane);
+  // Lanes 0-3 copy the key scales' pieces, lanes 4-7 the value scales' (fp16 rows: 2 pieces, fp32: 4).
+  const bool value_scales = lane >= kPiecesPerScaleRegion;
+  const int piece = lane % kPiecesPerScaleRegion;
+  const uint32_t row_bytes = (value_scales ? f32_values : f32_keys) ? sizeof(float) : sizeof(uint16_t);
+  const bool copies = lane < kScaleLanes && (kValues || !value_scales) &&
+                      piece * device::kAsyncCopyBytes < static_cast<int>(kChunkTokens * row_bytes);
+  o.scale_row_bytes = copies ? row_bytes : 0u;
+  o.scale_src = head + static_cast<uint32_t>(value_scales ? p.value_scales_offset : p.key_scales_offset) +
+                static_cast<uint32_t>(piece * device::kAsyncCopyBytes);
+  o.scale_dst = (value_scales ? S::kStageValueScalesOffset : S::kStageKeyScalesOffset) + piece * device::kAsyncCopyBytes;
+  o.key_read = group * S::kKeyStride + quad * S::kKeySegmentBytes;
+  o.value_read = S::kStageValueOffset + kPair * quad * S::kValueStride + group * S::kValueSegmentBytes;
+  o.key_scale_read = S::kStageKeyScalesOffset + group * (f32_keys ? sizeof(float) : sizeof(uint16_t));
+  o.value_scale_read = S::kStageValueScalesOffset + group * (f32_values ? sizeof(float) : sizeof(uint16_t));
   return o;
 }
 
@@ -355,36 +462,32 @@ __device__ __forceinline__ int chunk_row0(const AttentionParams& p, int chunk) {
   return in_page * kChunkTokens;
 }
 
-// Lane 0 of a warp: the bulk copies of chunk rows [row0, row0 + 16) of page `page`, KV head kv (K
-// codes, K scales, and with kValues V codes and V scales) into the stage at shared address
-// `stage`, completing the current phase of `barrier`. A page outside the pool (`skip`) is not read:
-// the phase completes at once and the stage keeps stale bytes (its tokens are masked).
+// Issues this lane's cp.async copies of chunk rows [row0, row0 + 16) of page `page` (K codes, K
+// scales, and with kValues V codes and V scales) into the stage at shared address `stage`. A page
+// outside the pool (`skip`) fills the stage with zeros instead (nothing is read; its tokens are
+// masked).
 template <class S, bool kValues>
-__device__ __forceinline__ void issue_chunk_copies(const AttentionParams& p, int kv, int page, bool skip, int row0,
-                                                   uint32_t stage, uint32_t barrier, NormStorage key_norm,
-                                                   NormStorage value_norm) {
-  const uint32_t key_scale_bytes = kChunkTokens * (key_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t));
-  const uint32_t value_scale_bytes =
-      kChunkTokens * (value_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t));
-  const uint32_t bytes = S::kKeyRegionBytes + key_scale_bytes + (kValues ? S::kValueRegionBytes + value_scale_bytes : 0u);
-  if (skip) {
-    device::barrier_arrive_expect(barrier, 0u);
-    return;
-  }
-  device::barrier_arrive_expect(barrier, bytes);
-  const uint8_t* head = p.pages + static_cast<int64_t>(page) * p.page_bytes + static_cast<int64_t>(kv) * p.head_bytes;
-  device::bulk_copy(stage, head + p.key_codes_offset + row0 * S::kKeyRowBytes, S::kKeyRegionBytes, barrier);
-  device::bulk_copy(stage + S::kStageKeyScalesOffset, head + p.key_scales_offset + row0 * (key_scale_bytes / kChunkTokens),
-                    key_scale_bytes, barrier);
+__device__ __forceinline__ void issue_chunk_copies(const AttentionParams& p, const LaneStage& o, int page, bool skip,
+                                                   int row0, uint32_t stage, int lane) {
+  const uint8_t* base = p.pages + static_cast<int64_t>(skip ? 0 : page) * p.page_bytes;
+  const uint8_t* keys = base + (o.src + static_cast<uint32_t>(p.key_codes_offset) + static_cast<uint32_t>(row0 * S::kKeyRowBytes));
+#pragma unroll
+  for (int j = 0; j < S::KeyCopy::kSteps; ++j)
+    if (S::KeyCopy::kPieces % kWarpSize == 0 || lane + j * kWarpSize < S::KeyCopy::kPieces)
+      device::async_copy_16(stage + o.key_dst + j * S::KeyCopy::kDstStep, keys + j * S::KeyCopy::kSrcStep, skip);
   if constexpr (kValues) {
-    device::bulk_copy(stage + S::kStageValueOffset, head + p.value_codes_offset + row0 * S::kValueRowBytes,
-                      S::kValueRegionBytes, barrier);
-    device::bulk_copy(stage + S::kStageValueScalesOffset,
-                      head + p.value_scales_offset + row0 * (value_scale_bytes / kChunkTokens), value_scale_bytes, barrier);
+    const uint8_t* values =
+        base + (o.src + static_cast<uint32_t>(p.value_codes_offset) + static_cast<uint32_t>(row0 * S::kValueRowBytes));
+#pragma unroll
+    for (int j = 0; j < S::ValueCopy::kSteps; ++j)
+      if (S::ValueCopy::kPieces % kWarpSize == 0 || lane + j * kWarpSize < S::ValueCopy::kPieces)
+        device::async_copy_16(stage + o.value_dst + j * S::ValueCopy::kDstStep, values + j * S::ValueCopy::kSrcStep, skip);
   }
+  if (o.scale_row_bytes != 0u)
+    device::async_copy_16(stage + o.scale_dst, base + (o.scale_src + static_cast<uint32_t>(row0) * o.scale_row_bytes), skip);
 }
 
-// This lane's registers of the chunk in `stage` (shared memory), landed (barrier_wait).
+// This lane's registers of the chunk in `stage` (shared memory), landed (async_copy_wait + __syncwarp).
 template <class S, bool kValues>
 __device__ __forceinline__ void read_chunk(const uint8_t* stage, const LaneStage& o, NormStorage key_norm,
                                            NormStorage value_norm, ChunkRegs<S>& r) {
@@ -392,14 +495,14 @@ __device__ __forceinline__ void read_chunk(const uint8_t* stage, const LaneStage
   const int value_scale_bytes = value_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t);
 #pragma unroll
   for (int j = 0; j < kTokenRows; ++j) {
-    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + j * kMmaN * S::kKeyRowBytes, r.key[j]);
+    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + j * kMmaN * S::kKeyStride, r.key[j]);
     r.key_scale[j] = load_scale(stage + o.key_scale_read + j * kMmaN * key_scale_bytes, key_norm);
   }
   if constexpr (kValues) {
 #pragma unroll
     for (int i = 0; i < kLaneValueRows; ++i) {
-      const int row = (i / kPair) * kMmaN + (i % kPair) * kHeadsPerQkTile;  // after the lane's first token `quad`
-      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueRowBytes, r.value[i]);
+      const int row = (i / kPair) * kMmaN + i % kPair;  // after the lane's first token 2 quad
+      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueStride, r.value[i]);
     }
 #pragma unroll
     for (int j = 0; j < kTokenRows; ++j)
@@ -671,16 +774,15 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
     }
     w[nt] = half2_bits(weight[0], weight[1]);
   }
-  // The B fragment of O^T += V^T P' (k = tokens, see Shape; n = local head `group`): tokens
-  // quad + {0, 4} (b0) and 8 + quad + {0, 4} (b1) of head `group` come from lanes (quad, group % 4)
-  // and (quad + 4, group % 4), tile group / 4: two shuffles per tile and two byte permutes.
-  const int from = quad * kQuads + group % kHeadsPerQkTile;
-  constexpr int kFourRowsOn = kHeadsPerQkTile * kQuads;  // the lane of row group + 4
+  // The B fragment of O^T += V^T P' (k = tokens, n = local head `group`): tokens 2 quad + {0, 1}
+  // (b0) and 8 + 2 quad + {0, 1} (b1) of head `group` come from lanes (2 quad, group % 4) and
+  // (2 quad + 1, group % 4), tile group / 4: two shuffles per tile and two byte permutes.
+  const int from = kPair * quad * kQuads + group % kHeadsPerQkTile;
   uint32_t even_token = __shfl_sync(kFullWarpMask, w[0], from);
-  uint32_t odd_token = __shfl_sync(kFullWarpMask, w[0], from + kFourRowsOn);
+  uint32_t odd_token = __shfl_sync(kFullWarpMask, w[0], from + kQuads);
   if constexpr (kTiles == 2) {
     const uint32_t even1 = __shfl_sync(kFullWarpMask, w[1], from);
-    const uint32_t odd1 = __shfl_sync(kFullWarpMask, w[1], from + kFourRowsOn);
+    const uint32_t odd1 = __shfl_sync(kFullWarpMask, w[1], from + kQuads);
     if (group >= kHeadsPerQkTile) {
       even_token = even1;
       odd_token = odd1;
@@ -693,7 +795,7 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   if constexpr (CodeUnit<S::kValueBits>::kByteUnits) {
     // 4 and 2 bits: the code fields of two tokens at the same coordinates are interleaved (one
     // shift and one bit-select per word), so a table entry is directly an A register: the levels of
-    // tokens (quad, quad + 4) or (8 + quad, 12 + quad) at coordinate c (rows 0-7) or c + 1
+    // tokens (2 quad, 2 quad + 1) or (8 + 2 quad, 9 + 2 quad) at coordinate c (rows 0-7) or c + 1
     // (rows 8-15). mix[2 t + f]: token pair t, field f (f = 0: even codes of the stream, 1: odd).
     constexpr int kBits = S::kValueBits;
     constexpr uint32_t kEvenFields = kBits == 4 ? 0x0f0f0f0fu : 0x33333333u;  // every other field
@@ -853,33 +955,27 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     // entries first, so that their loads overlap too).
     constexpr int kStages = S::kStages;
     constexpr int kStep = kAttentionWarps;  // a warp walks chunks begin + warp, + kStep, ...
-    const LaneStage stage_offsets = lane_stage<S>(lane, key_norm, value_norm);
+    const LaneStage stage_offsets = lane_stage<S, !kScores>(p, kv, lane, key_norm, value_norm);
     uint8_t* const ring = smem + S::kRingOffset + static_cast<size_t>(warp) * kStages * S::kStageBytes;
     const uint32_t ring_address = device::shared_address(ring);
-    const uint32_t barriers = device::shared_address(smem + S::kBarrierOffset) + warp * kStages * sizeof(uint64_t);
     int chunk = begin + warp;
     uint32_t ok_bits = 0u;  // bit i: the chunk i steps ahead of `chunk` has a page inside the pool
-    // Issues chunk c (block-table entry `page`) into stage `stage` (lane 0); its validity goes to bit `bit`.
+    // Issues chunk c (block-table entry `page`) into stage `stage`; its validity goes to bit `bit`.
     const auto issue = [&](int c, int page, int stage, int bit) {
       const bool ok = page_inside_pool(p, page);
       ok_bits |= (ok ? 1u : 0u) << bit;
-      if (lane == 0)
-        issue_chunk_copies<S, !kScores>(p, kv, page, !ok, chunk_row0(p, c), ring_address + stage * S::kStageBytes,
-                                        barriers + stage * sizeof(uint64_t), key_norm, value_norm);
+      issue_chunk_copies<S, !kScores>(p, stage_offsets, page, !ok, chunk_row0(p, c), ring_address + stage * S::kStageBytes,
+                                      lane);
     };
-    if (lane == 0) {
-#pragma unroll
-      for (int i = 0; i < kStages; ++i) device::barrier_init(barriers + i * sizeof(uint64_t));
-      device::barrier_init_fence();
-    }
-    __syncwarp();
     {
       int pages[kStages];
 #pragma unroll
       for (int i = 0; i < kStages; ++i) pages[i] = chunk + i * kStep < end ? chunk_page(p, block_row, chunk + i * kStep) : 0;
 #pragma unroll
-      for (int i = 0; i < kStages; ++i)
+      for (int i = 0; i < kStages; ++i) {
         if (chunk + i * kStep < end) issue(chunk + i * kStep, pages[i], i, i);
+        device::async_copy_commit();  // one group per chunk, empty past the end
+      }
     }
     // The block-table entry of the next chunk to issue (kStages steps ahead), loaded one step early.
     int page_ahead = chunk + kStages * kStep < end ? chunk_page(p, block_row, chunk + kStages * kStep) : 0;
@@ -909,11 +1005,11 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     const uint32_t value_offset = lane_copy_offset<ValueBits>(lane, true);
 
     for (int i = 0; chunk < end; chunk += kStep, ++i) {
-      // Chunk i of the warp: wait for its stage (use i / kStages of it; the other stages' copies may
-      // still fly), take it into registers, refill the stage with the chunk kStages steps ahead, then
-      // compute.
+      // Chunk i of the warp: wait for its stage (the newer kStages - 1 groups may still fly), take it
+      // into registers, refill the stage with the chunk kStages steps ahead, then compute.
       const int stage = i % kStages;
-      device::barrier_wait(barriers + stage * sizeof(uint64_t), static_cast<uint32_t>(i / kStages) & 1u);
+      device::async_copy_wait<kStages - 1>();
+      __syncwarp();  // every lane's copies of the stage have landed
       ChunkRegs<S> cur;
       read_chunk<S, !kScores>(ring + stage * S::kStageBytes, stage_offsets, key_norm, value_norm, cur);
       cur.page_ok = (ok_bits & 1u) != 0u;
@@ -923,6 +1019,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
         issue(ahead, page_ahead, stage, kStages);
         page_ahead = ahead + kStep < end ? chunk_page(p, block_row, ahead + kStep) : 0;
       }
+      device::async_copy_commit();
       ok_bits >>= 1;
 
       if constexpr (kScores) {
@@ -956,7 +1053,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   } else {
     walk(std::false_type{}, TwoTiles{});
   }
-  // Nothing is in flight here: every issued chunk was waited for.
+  device::async_copy_wait<0>();  // nothing in flight (the last groups are empty) before smem is reused
   if constexpr (!kScores) {
   // Each lane summed its own tokens; a head's eight lanes (one quad of each group) add them up.
 #pragma unroll
