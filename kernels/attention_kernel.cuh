@@ -88,6 +88,12 @@ inline constexpr int kTokenRows = kChunkTokens / kMmaN;
 // Value rows of a chunk a lane reads (the k indices of its P.V A fragment): 2 quad + {0, 1},
 // 8 + 2 quad + {0, 1}.
 inline constexpr int kLaneValueRows = 2 * kPair;
+#ifdef TURBOQUANT_EXPERIMENT_FOUR_APART
+inline constexpr bool kFourApart = true;
+#else
+inline constexpr bool kFourApart = false;
+#endif
+inline constexpr int kPairRows = kFourApart ? kHeadsPerQkTile : 1;  // rows between a lane's two tokens of a pair
 inline constexpr int kARegs = 4;    // f16x2 A registers of one m16k16 tile
 inline constexpr int kAccRegs = 4;  // fp32 C registers of one m16n8 tile
 
@@ -264,7 +270,7 @@ struct Shape {
   static constexpr int kValueRowBytes = HeadDim * ValueBits / kBitsPerByte;
   static constexpr int kValueSegmentCoords = HeadDim / kGroups;
   static constexpr int kValueSegmentBytes = kValueRowBytes / kGroups;
-  static constexpr int kValueStride = stage_row_stride(kValueRowBytes, kValueSegmentBytes, true);
+  static constexpr int kValueStride = kFourApart ? kValueRowBytes : stage_row_stride(kValueRowBytes, kValueSegmentBytes, true);
   static constexpr int kValueSegmentAlign =
       min_int(min_int(lowest_bit(kValueStride), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
   static constexpr int kValueWords = words_for(kValueSegmentBytes);
@@ -437,7 +443,7 @@ __device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv
                 static_cast<uint32_t>(piece * device::kAsyncCopyBytes);
   o.scale_dst = (value_scales ? S::kStageValueScalesOffset : S::kStageKeyScalesOffset) + piece * device::kAsyncCopyBytes;
   o.key_read = group * S::kKeyStride + quad * S::kKeySegmentBytes;
-  o.value_read = S::kStageValueOffset + kPair * quad * S::kValueStride + group * S::kValueSegmentBytes;
+  o.value_read = S::kStageValueOffset + (kFourApart ? 1 : kPair) * quad * S::kValueStride + group * S::kValueSegmentBytes;
   o.key_scale_read = S::kStageKeyScalesOffset + group * (f32_keys ? sizeof(float) : sizeof(uint16_t));
   o.value_scale_read = S::kStageValueScalesOffset + group * (f32_values ? sizeof(float) : sizeof(uint16_t));
   return o;
@@ -501,7 +507,7 @@ __device__ __forceinline__ void read_chunk(const uint8_t* stage, const LaneStage
   if constexpr (kValues) {
 #pragma unroll
     for (int i = 0; i < kLaneValueRows; ++i) {
-      const int row = (i / kPair) * kMmaN + i % kPair;  // after the lane's first token 2 quad
+      const int row = (i / kPair) * kMmaN + (i % kPair) * kPairRows;  // after the lane's first token
       load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueStride, r.value[i]);
     }
 #pragma unroll
@@ -777,12 +783,12 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   // The B fragment of O^T += V^T P' (k = tokens, n = local head `group`): tokens 2 quad + {0, 1}
   // (b0) and 8 + 2 quad + {0, 1} (b1) of head `group` come from lanes (2 quad, group % 4) and
   // (2 quad + 1, group % 4), tile group / 4: two shuffles per tile and two byte permutes.
-  const int from = kPair * quad * kQuads + group % kHeadsPerQkTile;
+  const int from = (kFourApart ? 1 : kPair) * quad * kQuads + group % kHeadsPerQkTile;
   uint32_t even_token = __shfl_sync(kFullWarpMask, w[0], from);
-  uint32_t odd_token = __shfl_sync(kFullWarpMask, w[0], from + kQuads);
+  uint32_t odd_token = __shfl_sync(kFullWarpMask, w[0], from + kPairRows * kQuads);
   if constexpr (kTiles == 2) {
     const uint32_t even1 = __shfl_sync(kFullWarpMask, w[1], from);
-    const uint32_t odd1 = __shfl_sync(kFullWarpMask, w[1], from + kQuads);
+    const uint32_t odd1 = __shfl_sync(kFullWarpMask, w[1], from + kPairRows * kQuads);
     if (group >= kHeadsPerQkTile) {
       even_token = even1;
       odd_token = odd1;
