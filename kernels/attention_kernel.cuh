@@ -85,15 +85,11 @@ inline constexpr int kHeadsPerQkTile = kMmaN / kPair;
 inline constexpr int kMaxQkTiles = kHeads / kHeadsPerQkTile;
 // Tokens of a chunk a lane scores: rows `group` and 8 + group of the K.Q^T C fragment.
 inline constexpr int kTokenRows = kChunkTokens / kMmaN;
-// Value rows of a chunk a lane reads (the k indices of its P.V A fragment): 2 quad + {0, 1},
-// 8 + 2 quad + {0, 1}.
+// Value rows of a chunk a lane reads (the k indices of its P.V A fragment): quad + {0, 4},
+// 8 + quad + {0, 4} (Shape).
 inline constexpr int kLaneValueRows = 2 * kPair;
-#ifdef TURBOQUANT_EXPERIMENT_FOUR_APART
-inline constexpr bool kFourApart = true;
-#else
-inline constexpr bool kFourApart = false;
-#endif
-inline constexpr int kPairRows = kFourApart ? kHeadsPerQkTile : 1;  // rows between a lane's two tokens of a pair
+// Rows between a lane's two value tokens of one A register (quad and quad + 4).
+inline constexpr int kPairRows = kHeadsPerQkTile;
 inline constexpr int kARegs = 4;    // f16x2 A registers of one m16k16 tile
 inline constexpr int kAccRegs = 4;  // fp32 C registers of one m16n8 tile
 
@@ -148,92 +144,15 @@ __device__ __forceinline__ uint32_t lane_copy_offset(int lane, bool value_side) 
 [[nodiscard]] TQ_HOST_DEVICE constexpr size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 [[nodiscard]] TQ_HOST_DEVICE constexpr int words_for(int bytes) { return (bytes + kBytesPerWord - 1) / kBytesPerWord; }
 
-// ---- the per-warp stage ring: bank model of the fragment reads ------------------------------------
-// Each warp copies its coming chunks into shared-memory stages (cp.async) and reads a lane's code
-// segments from there (see Shape). The reads below model those loads: lane (group, quad) reads its
-// segment of `segment` bytes at row `group` (key side; the other n-tile is 8 rows further) or row
-// 2 quad (value side; the others are 1, 8, 9 rows further, the same bank pattern shifted), offset
-// quad * segment resp. group * segment, with the widest vector load the alignment allows, or
-// covering 4-byte words below 4-byte alignment (load_segment). A warp-wide load of W bytes per lane
-// is served 128 / W lanes at a time, each phase taking as many wavefronts as the most distinct
-// words any one bank is asked for.
-[[nodiscard]] TQ_HOST_DEVICE constexpr int segment_load_width(int bytes, int align) {
-  return align >= kMaxLoadBytes && bytes % kMaxLoadBytes == 0 ? kMaxLoadBytes
-         : align >= 8 && bytes % 8 == 0                        ? 8
-                                                               : kBytesPerWord;
-}
-
-[[nodiscard]] TQ_HOST_DEVICE constexpr int segment_read_wavefronts(int stride, int segment, bool value_side) {
-  constexpr int kBanks = 32, kPhaseBytes = 128;
-  const int align = min_int(min_int(lowest_bit(stride), lowest_bit(segment)), kMaxLoadBytes);
-  const int width = segment_load_width(segment, align);
-  const bool covering = align < kBytesPerWord;
-  const int loads = covering ? words_for(segment) + 1 : segment / width;
-  const int lanes_per_phase = kPhaseBytes / width;
-  int total = 0;
-  for (int k = 0; k < loads; ++k) {
-    for (int phase = 0; phase < kWarpSize; phase += lanes_per_phase) {
-      int worst = 0;
-      for (int bank = 0; bank < kBanks; ++bank) {
-        int words[kBanks] = {};
-        int distinct = 0;
-        for (int l = phase; l < phase + lanes_per_phase; ++l) {
-          const int group = l / kQuads, quad = l % kQuads;
-          int at = value_side ? kPair * quad * stride + group * segment : group * stride + quad * segment;
-          if (covering) at -= at % kBytesPerWord;
-          at += k * width;
-          for (int w = at / kBytesPerWord; w < (at + width) / kBytesPerWord; ++w) {
-            if (w % kBanks != bank) continue;
-            bool seen = false;
-            for (int i = 0; i < distinct; ++i) seen = seen || words[i] == w;
-            if (!seen && distinct < kBanks) words[distinct++] = w;
-          }
-        }
-        worst = worst > distinct ? worst : distinct;
-      }
-      total += worst;
-    }
-  }
-  return total;
-}
-
-// The stage's row stride for rows of `row_bytes`: the row size, or that plus 16, 32 or 48 bytes when
-// the padding removes bank conflicts of the segment reads (only rows of a power-of-two count of
-// 16-byte pieces are padded, so that a lane's copies stay a fixed stride apart).
-[[nodiscard]] TQ_HOST_DEVICE constexpr int stage_row_stride(int row_bytes, int segment, bool value_side) {
-  const int pieces = row_bytes / kMaxLoadBytes;
-  const bool paddable = row_bytes % kMaxLoadBytes == 0 && (pieces & (pieces - 1)) == 0 && pieces <= kWarpSize;
-  int best = row_bytes, best_cost = segment_read_wavefronts(row_bytes, segment, value_side);
-  for (int pad = 1; paddable && pad <= 3; ++pad) {
-    const int cost = segment_read_wavefronts(row_bytes + pad * kMaxLoadBytes, segment, value_side);
-    if (cost < best_cost) {
-      best = row_bytes + pad * kMaxLoadBytes;
-      best_cost = cost;
-    }
-  }
-  return best;
-}
-
-// Copies of one 16-token region of rows of `row_bytes` into a stage with row stride `stride`: the
-// region is row_bytes 16-byte pieces (16 rows); lane l copies pieces l, l + 32, ...; piece i lands at
-// (i / pieces per row) * stride + (i % pieces per row) * 16 (padded) or i * 16 (stride = row size).
-template <int RowBytes, int Stride>
+// ---- the per-warp stage ring ----------------------------------------------------------------------
+// Copies of one 16-token region of rows of `row_bytes` (contiguous in the page and in the stage):
+// row_bytes 16-byte pieces; lane l copies pieces l, l + 32, ... (the last step maybe partial).
+template <int RowBytes>
 struct RegionCopy {
   static constexpr int kPieces = RowBytes * kAttentionChunkTokens / device::kAsyncCopyBytes;
-  static constexpr int kSteps = (kPieces + kWarpSize - 1) / kWarpSize;  // copies per lane (the last maybe partial)
-  static constexpr bool kPadded = Stride != RowBytes;
-  static constexpr int kPiecesPerRow = RowBytes / device::kAsyncCopyBytes;  // padded rows only
-  // Shared-memory distance between a lane's consecutive pieces.
-  static constexpr int kDstStep = kPadded ? (kWarpSize / kPiecesPerRow) * Stride : kWarpSize * device::kAsyncCopyBytes;
-  static constexpr int kSrcStep = kWarpSize * device::kAsyncCopyBytes;
-  static_assert(!kPadded || (RowBytes % device::kAsyncCopyBytes == 0 && kWarpSize % kPiecesPerRow == 0),
-                "padded rows are whole pieces, a power of two of them");
+  static constexpr int kSteps = (kPieces + kWarpSize - 1) / kWarpSize;  // copies per lane
+  static constexpr int kStep = kWarpSize * device::kAsyncCopyBytes;      // bytes between a lane's copies
   static_assert((RowBytes * kAttentionChunkTokens) % device::kAsyncCopyBytes == 0, "a region is whole pieces");
-  // Byte offset of lane l's first piece inside the stage region.
-  static TQ_HOST_DEVICE constexpr uint32_t dst_offset(int lane) {
-    return kPadded ? static_cast<uint32_t>((lane / kPiecesPerRow) * Stride + (lane % kPiecesPerRow) * device::kAsyncCopyBytes)
-                   : static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
-  }
 };
 
 // Compile-time geometry of one instance.
@@ -244,10 +163,13 @@ struct RegionCopy {
 // 2 quad + e <-> coordinate quad * d/4 + 4 kk + e and 8 + 2 quad + e <-> quad * d/4 + 4 kk + 2 + e;
 // the query registers follow the same map.
 //
-// P.V: m-tile mt, row group <-> coordinate group * d/8 + 2 mt, row group + 8 <-> the next one, so
-// lane (group, quad) needs the contiguous eighth [group * d/8, (group + 1) * d/8) of value rows
-// 2 quad, 2 quad + 1, 8 + 2 quad, 9 + 2 quad (its A registers' k = tokens); code pair mt of an
-// eighth is one table lookup giving (row group, row group + 8) of one token.
+// P.V: m-tile mt, row group <-> coordinate group * d/8 + 2 mt, row group + 8 <-> the next one; the
+// k indices 2 quad + e <-> token quad + 4 e, 8 + 2 quad + e <-> token 8 + quad + 4 e, so lane
+// (group, quad) needs the contiguous eighth [group * d/8, (group + 1) * d/8) of value rows quad,
+// quad + 4, 8 + quad, 12 + quad; code pair mt of an eighth is one table lookup giving (row group,
+// row group + 8) of one token. (Rows four apart rather than two: with the rows unpadded in the
+// stage, the four quads' reads meet in half as many banks; measured 3.5% faster at 32 x 16K than
+// rows two apart in 80-byte padded rows, whose cp.async writes cost 2.3x the wavefronts.)
 template <int HeadDim, int KeyBits, int ValueBits>
 struct Shape {
   static_assert(HeadDim % kMmaK == 0, "head_dim must be a multiple of 16");
@@ -259,10 +181,9 @@ struct Shape {
   static constexpr int kKeyRowBytes = HeadDim * KeyBits / kBitsPerByte;
   static constexpr int kKeySegmentCoords = HeadDim / kQuads;
   static constexpr int kKeySegmentBytes = kKeyRowBytes / kQuads;
-  // Key rows in a stage (see RegionCopy) are kKeyStride apart; segments at multiples of their size.
-  static constexpr int kKeyStride = stage_row_stride(kKeyRowBytes, kKeySegmentBytes, false);
+  // Rows in a stage are contiguous; a lane's segments start at multiples of their size.
   static constexpr int kKeySegmentAlign =
-      min_int(min_int(lowest_bit(kKeyStride), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
+      min_int(min_int(lowest_bit(kKeyRowBytes), lowest_bit(kKeySegmentBytes)), kMaxLoadBytes);
   static constexpr int kKeyWords = words_for(kKeySegmentBytes);
   static constexpr int kKeyPairsPerUnit = CodeUnit<KeyBits>::kPairs;
   static constexpr int kCoordsPerKStep = 2 * kPair;  // of a lane's quarter: b0 and b1, a pair each
@@ -270,9 +191,8 @@ struct Shape {
   static constexpr int kValueRowBytes = HeadDim * ValueBits / kBitsPerByte;
   static constexpr int kValueSegmentCoords = HeadDim / kGroups;
   static constexpr int kValueSegmentBytes = kValueRowBytes / kGroups;
-  static constexpr int kValueStride = kFourApart ? kValueRowBytes : stage_row_stride(kValueRowBytes, kValueSegmentBytes, true);
   static constexpr int kValueSegmentAlign =
-      min_int(min_int(lowest_bit(kValueStride), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
+      min_int(min_int(lowest_bit(kValueRowBytes), lowest_bit(kValueSegmentBytes)), kMaxLoadBytes);
   static constexpr int kValueWords = words_for(kValueSegmentBytes);
   static constexpr int kValuePairsPerUnit = CodeUnit<ValueBits>::kPairs;
 
@@ -295,15 +215,15 @@ struct Shape {
       kTableBytes + kQueryFragmentBytes + 2 * sizeof(__half) * kQueryHalves + sizeof(float) * kHeads;
 
   // The stage ring (after the main bytes): kStages stages per warp, each one chunk as
-  // [key rows: 16 x kKeyStride][value rows: 16 x kValueStride][key scales][value scales], scales
+  // [key rows: 16 x kKeyRowBytes][value rows: 16 x kValueRowBytes][key scales][value scales], scales
   // with room for fp32. A warp reads chunk i from stage i % kStages while chunks i + 1 .. i + kStages
   // are in flight (the stage of chunk i is refilled right after its reads).
   static constexpr int kStages = 2;
-  using KeyCopy = RegionCopy<kKeyRowBytes, kKeyStride>;
-  using ValueCopy = RegionCopy<kValueRowBytes, kValueStride>;
+  using KeyCopy = RegionCopy<kKeyRowBytes>;
+  using ValueCopy = RegionCopy<kValueRowBytes>;
   static constexpr int kScaleRegionBytes = kAttentionChunkTokens * static_cast<int>(sizeof(float));
-  static constexpr int kStageValueOffset = kAttentionChunkTokens * kKeyStride;
-  static constexpr int kStageKeyScalesOffset = kStageValueOffset + kAttentionChunkTokens * kValueStride;
+  static constexpr int kStageValueOffset = kAttentionChunkTokens * kKeyRowBytes;
+  static constexpr int kStageKeyScalesOffset = kStageValueOffset + kAttentionChunkTokens * kValueRowBytes;
   static constexpr int kStageValueScalesOffset = kStageKeyScalesOffset + kScaleRegionBytes;
   static constexpr int kStageBytes = kStageValueScalesOffset + kScaleRegionBytes;
   static_assert(kStageValueOffset % device::kAsyncCopyBytes == 0 && kStageBytes % device::kAsyncCopyBytes == 0,
@@ -409,13 +329,13 @@ struct ChunkRegs {
 // every chunk of the CTA: byte offsets, 32-bit (a page is far below 2 GiB).
 struct LaneStage {
   uint32_t src;              // in a page: KV head kv's block + this lane's first 16-byte piece of a region
-  uint32_t key_dst;          // in a stage: this lane's first key piece (RegionCopy)
+  uint32_t key_dst;          // in a stage: this lane's first key piece (RegionCopy: piece `lane`)
   uint32_t value_dst;        // ... and value piece
   uint32_t scale_src;        // in a page: the scale piece this lane copies (at row 0), lanes 0-7 only
   uint32_t scale_dst;        // in a stage: where it goes
   uint32_t scale_row_bytes;  // 2 (fp16) or 4 (fp32) bytes per row of that plane; 0: no scale piece
   uint32_t key_read;         // in a stage: this lane's key segment of row `group`
-  uint32_t value_read;       // ... its value segment of row 2 quad
+  uint32_t value_read;       // ... its value segment of row `quad`
   uint32_t key_scale_read;   // ... its key scale of row `group`
   uint32_t value_scale_read;
 };
@@ -430,8 +350,8 @@ __device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv
   const bool f32_keys = key_norm == NormStorage::kF32, f32_values = value_norm == NormStorage::kF32;
   LaneStage o;
   o.src = head + static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
-  o.key_dst = S::KeyCopy::dst_offset(lane);
-  o.value_dst = S::kStageValueOffset + S::ValueCopy::dst_offset(lane);
+  o.key_dst = static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
+  o.value_dst = S::kStageValueOffset + static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
   // Lanes 0-3 copy the key scales' pieces, lanes 4-7 the value scales' (fp16 rows: 2 pieces, fp32: 4).
   const bool value_scales = lane >= kPiecesPerScaleRegion;
   const int piece = lane % kPiecesPerScaleRegion;
@@ -442,8 +362,8 @@ __device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv
   o.scale_src = head + static_cast<uint32_t>(value_scales ? p.value_scales_offset : p.key_scales_offset) +
                 static_cast<uint32_t>(piece * device::kAsyncCopyBytes);
   o.scale_dst = (value_scales ? S::kStageValueScalesOffset : S::kStageKeyScalesOffset) + piece * device::kAsyncCopyBytes;
-  o.key_read = group * S::kKeyStride + quad * S::kKeySegmentBytes;
-  o.value_read = S::kStageValueOffset + (kFourApart ? 1 : kPair) * quad * S::kValueStride + group * S::kValueSegmentBytes;
+  o.key_read = group * S::kKeyRowBytes + quad * S::kKeySegmentBytes;
+  o.value_read = S::kStageValueOffset + quad * S::kValueRowBytes + group * S::kValueSegmentBytes;
   o.key_scale_read = S::kStageKeyScalesOffset + group * (f32_keys ? sizeof(float) : sizeof(uint16_t));
   o.value_scale_read = S::kStageValueScalesOffset + group * (f32_values ? sizeof(float) : sizeof(uint16_t));
   return o;
@@ -480,14 +400,14 @@ __device__ __forceinline__ void issue_chunk_copies(const AttentionParams& p, con
 #pragma unroll
   for (int j = 0; j < S::KeyCopy::kSteps; ++j)
     if (S::KeyCopy::kPieces % kWarpSize == 0 || lane + j * kWarpSize < S::KeyCopy::kPieces)
-      device::async_copy_16(stage + o.key_dst + j * S::KeyCopy::kDstStep, keys + j * S::KeyCopy::kSrcStep, skip);
+      device::async_copy_16(stage + o.key_dst + j * S::KeyCopy::kStep, keys + j * S::KeyCopy::kStep, skip);
   if constexpr (kValues) {
     const uint8_t* values =
         base + (o.src + static_cast<uint32_t>(p.value_codes_offset) + static_cast<uint32_t>(row0 * S::kValueRowBytes));
 #pragma unroll
     for (int j = 0; j < S::ValueCopy::kSteps; ++j)
       if (S::ValueCopy::kPieces % kWarpSize == 0 || lane + j * kWarpSize < S::ValueCopy::kPieces)
-        device::async_copy_16(stage + o.value_dst + j * S::ValueCopy::kDstStep, values + j * S::ValueCopy::kSrcStep, skip);
+        device::async_copy_16(stage + o.value_dst + j * S::ValueCopy::kStep, values + j * S::ValueCopy::kStep, skip);
   }
   if (o.scale_row_bytes != 0u)
     device::async_copy_16(stage + o.scale_dst, base + (o.scale_src + static_cast<uint32_t>(row0) * o.scale_row_bytes), skip);
@@ -501,14 +421,14 @@ __device__ __forceinline__ void read_chunk(const uint8_t* stage, const LaneStage
   const int value_scale_bytes = value_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t);
 #pragma unroll
   for (int j = 0; j < kTokenRows; ++j) {
-    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + j * kMmaN * S::kKeyStride, r.key[j]);
+    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + j * kMmaN * S::kKeyRowBytes, r.key[j]);
     r.key_scale[j] = load_scale(stage + o.key_scale_read + j * kMmaN * key_scale_bytes, key_norm);
   }
   if constexpr (kValues) {
 #pragma unroll
     for (int i = 0; i < kLaneValueRows; ++i) {
       const int row = (i / kPair) * kMmaN + (i % kPair) * kPairRows;  // after the lane's first token
-      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueStride, r.value[i]);
+      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueRowBytes, r.value[i]);
     }
 #pragma unroll
     for (int j = 0; j < kTokenRows; ++j)
@@ -780,10 +700,10 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
     }
     w[nt] = half2_bits(weight[0], weight[1]);
   }
-  // The B fragment of O^T += V^T P' (k = tokens, n = local head `group`): tokens 2 quad + {0, 1}
-  // (b0) and 8 + 2 quad + {0, 1} (b1) of head `group` come from lanes (2 quad, group % 4) and
-  // (2 quad + 1, group % 4), tile group / 4: two shuffles per tile and two byte permutes.
-  const int from = (kFourApart ? 1 : kPair) * quad * kQuads + group % kHeadsPerQkTile;
+  // The B fragment of O^T += V^T P' (k = tokens, see Shape; n = local head `group`): tokens
+  // quad + {0, 4} (b0) and 8 + quad + {0, 4} (b1) of head `group` come from lanes (quad, group % 4)
+  // and (quad + 4, group % 4), tile group / 4: two shuffles per tile and two byte permutes.
+  const int from = quad * kQuads + group % kHeadsPerQkTile;
   uint32_t even_token = __shfl_sync(kFullWarpMask, w[0], from);
   uint32_t odd_token = __shfl_sync(kFullWarpMask, w[0], from + kPairRows * kQuads);
   if constexpr (kTiles == 2) {
@@ -801,7 +721,7 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   if constexpr (CodeUnit<S::kValueBits>::kByteUnits) {
     // 4 and 2 bits: the code fields of two tokens at the same coordinates are interleaved (one
     // shift and one bit-select per word), so a table entry is directly an A register: the levels of
-    // tokens (2 quad, 2 quad + 1) or (8 + 2 quad, 9 + 2 quad) at coordinate c (rows 0-7) or c + 1
+    // tokens (quad, quad + 4) or (8 + quad, 12 + quad) at coordinate c (rows 0-7) or c + 1
     // (rows 8-15). mix[2 t + f]: token pair t, field f (f = 0: even codes of the stream, 1: odd).
     constexpr int kBits = S::kValueBits;
     constexpr uint32_t kEvenFields = kBits == 4 ? 0x0f0f0f0fu : 0x33333333u;  // every other field
@@ -1104,9 +1024,12 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   }  // !kScores
 }
 
-// One warp per (sequence, query head): lane (g, l) = (lane / kLanes, lane % kLanes) sums the splits
-// s = g, g + kSplitGroups, ... for the chunks of vector lane l (device::VectorLayout), so the splits'
-// loads are spread over the warp and in flight together; the groups' sums then meet by shuffles
+// One warp per (sequence, query head). First every lane reads the (max, sum) of splits lane,
+// lane + 32, ... (independent loads) and the warp takes the largest max; then, 32 splits at a time,
+// lane j holds the weight 2^(max_j - max) of split j (0 for an empty split, whose partial_out was
+// never written and is not read) and lane group g = lane / kLanes (device::VectorLayout) adds the
+// weighted chunks of splits g, g + kSplitGroups, ... of its vector lane l = lane % kLanes, weights
+// passed by shuffles, every load independent of the others; the groups' sums then meet by shuffles
 // (every lane ends with the totals) and the transform runs on all lanes.
 template <int HeadDim, DType OutType>
 __global__ void __launch_bounds__(kMergeThreads)
@@ -1127,31 +1050,37 @@ __global__ void __launch_bounds__(kMergeThreads)
   for (int u = 0; u < Layout::kChunks; ++u)
 #pragma unroll
     for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
-  const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * p.num_splits;
-  float m = kNegInf;
-#pragma unroll 4
-  for (int s = g; s < p.num_splits; s += kSplitGroups) m = fmaxf(m, max_sum[s].x);
+  const int splits = p.num_splits;
+  const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * splits;
+  const float2 empty = make_float2(kNegInf, 0.0f);
+  const float2 first = lane < splits ? max_sum[lane] : empty;
+  float m = first.x;
+  for (int s = lane + kWarpSize; s < splits; s += kWarpSize) m = fmaxf(m, max_sum[s].x);
 #pragma unroll
-  for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, d));
-  float sum = 0.0f;
-  if (m != kNegInf) {
-    const float* out = p.partial_out + v * p.num_splits * HeadDim;
-#pragma unroll 2
-    for (int s = g; s < p.num_splits; s += kSplitGroups) {
-      const float2 ms = max_sum[s];
-      if (ms.x == kNegInf) continue;  // empty split: its partial_out was never written
-      const float weight = fast_exp2(ms.x - m);
+  for (int d = 1; d < kWarpSize; d <<= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, d));
+  float sum = 0.0f;  // this lane's splits' share
+  if (m != kNegInf) {  // warp-uniform
+    const float* out = p.partial_out + v * splits * HeadDim;
+    for (int base = 0; base < splits; base += kWarpSize) {
+      const float2 ms = base == 0 ? first : (base + lane < splits ? max_sum[base + lane] : empty);
+      const float weight = ms.x == kNegInf ? 0.0f : fast_exp2(ms.x - m);
       sum += weight * ms.y;
 #pragma unroll
-      for (int u = 0; u < Layout::kChunks; ++u) {
-        device::add_scaled_chunk(x[u], out + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk,
-                                 weight);
+      for (int t = 0; t < Layout::kLanes; ++t) {  // split base + j, j = t * kSplitGroups + g < 32
+        const int j = t * kSplitGroups + g;
+        const float w = __shfl_sync(kFullWarpMask, weight, j);
+        if (w == 0.0f) continue;  // empty, or past the last split
+#pragma unroll
+        for (int u = 0; u < Layout::kChunks; ++u) {
+          device::add_scaled_chunk(x[u], out + static_cast<int64_t>(base + j) * HeadDim + Layout::chunk_index(l, u) * device::kChunk, w);
+        }
       }
     }
   }
 #pragma unroll
+  for (int d = 1; d < kWarpSize; d <<= 1) sum += __shfl_xor_sync(kFullWarpMask, sum, d);
+#pragma unroll
   for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) {
-    sum += __shfl_xor_sync(kFullWarpMask, sum, d);
 #pragma unroll
     for (int u = 0; u < Layout::kChunks; ++u)
 #pragma unroll
