@@ -1024,12 +1024,9 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   }  // !kScores
 }
 
-// One warp per (sequence, query head). First every lane reads the (max, sum) of splits lane,
-// lane + 32, ... (independent loads) and the warp takes the largest max; then, 32 splits at a time,
-// lane j holds the weight 2^(max_j - max) of split j (0 for an empty split, whose partial_out was
-// never written and is not read) and lane group g = lane / kLanes (device::VectorLayout) adds the
-// weighted chunks of splits g, g + kSplitGroups, ... of its vector lane l = lane % kLanes, weights
-// passed by shuffles, every load independent of the others; the groups' sums then meet by shuffles
+// One warp per (sequence, query head): lane (g, l) = (lane / kLanes, lane % kLanes) sums the splits
+// s = g, g + kSplitGroups, ... for the chunks of vector lane l (device::VectorLayout), so the splits'
+// loads are spread over the warp and in flight together; the groups' sums then meet by shuffles
 // (every lane ends with the totals) and the transform runs on all lanes.
 template <int HeadDim, DType OutType>
 __global__ void __launch_bounds__(kMergeThreads)
@@ -1050,37 +1047,31 @@ __global__ void __launch_bounds__(kMergeThreads)
   for (int u = 0; u < Layout::kChunks; ++u)
 #pragma unroll
     for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
-  const int splits = p.num_splits;
-  const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * splits;
-  const float2 empty = make_float2(kNegInf, 0.0f);
-  const float2 first = lane < splits ? max_sum[lane] : empty;
-  float m = first.x;
-  for (int s = lane + kWarpSize; s < splits; s += kWarpSize) m = fmaxf(m, max_sum[s].x);
+  const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * p.num_splits;
+  float m = kNegInf;
+#pragma unroll 4
+  for (int s = g; s < p.num_splits; s += kSplitGroups) m = fmaxf(m, max_sum[s].x);
 #pragma unroll
-  for (int d = 1; d < kWarpSize; d <<= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, d));
-  float sum = 0.0f;  // this lane's splits' share
-  if (m != kNegInf) {  // warp-uniform
-    const float* out = p.partial_out + v * splits * HeadDim;
-    for (int base = 0; base < splits; base += kWarpSize) {
-      const float2 ms = base == 0 ? first : (base + lane < splits ? max_sum[base + lane] : empty);
-      const float weight = ms.x == kNegInf ? 0.0f : fast_exp2(ms.x - m);
+  for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, d));
+  float sum = 0.0f;
+  if (m != kNegInf) {
+    const float* out = p.partial_out + v * p.num_splits * HeadDim;
+#pragma unroll 2
+    for (int s = g; s < p.num_splits; s += kSplitGroups) {
+      const float2 ms = max_sum[s];
+      if (ms.x == kNegInf) continue;  // empty split: its partial_out was never written
+      const float weight = fast_exp2(ms.x - m);
       sum += weight * ms.y;
 #pragma unroll
-      for (int t = 0; t < Layout::kLanes; ++t) {  // split base + j, j = t * kSplitGroups + g < 32
-        const int j = t * kSplitGroups + g;
-        const float w = __shfl_sync(kFullWarpMask, weight, j);
-        if (w == 0.0f) continue;  // empty, or past the last split
-#pragma unroll
-        for (int u = 0; u < Layout::kChunks; ++u) {
-          device::add_scaled_chunk(x[u], out + static_cast<int64_t>(base + j) * HeadDim + Layout::chunk_index(l, u) * device::kChunk, w);
-        }
+      for (int u = 0; u < Layout::kChunks; ++u) {
+        device::add_scaled_chunk(x[u], out + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk,
+                                 weight);
       }
     }
   }
 #pragma unroll
-  for (int d = 1; d < kWarpSize; d <<= 1) sum += __shfl_xor_sync(kFullWarpMask, sum, d);
-#pragma unroll
   for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) {
+    sum += __shfl_xor_sync(kFullWarpMask, sum, d);
 #pragma unroll
     for (int u = 0; u < Layout::kChunks; ++u)
 #pragma unroll
