@@ -14,18 +14,19 @@
 //      (params.key_level_scale, folded back into the logit factor);
 //   3. the queries of the head tile (up to 8 heads of one GQA group) rotated with the keys' RHT in
 //      fp32 (device/rht.cuh), normalised by their largest coordinate and split into fp16 hi + lo,
-//      stored once as every lane's A fragments (one 16-byte load per k-step);
+//      stored once as every lane's B fragments (one 8-byte load per K.Q^T tile and k-step);
 //   4. each warp walks every kAttentionWarps-th chunk through its own ring of kStages shared-memory
 //      stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
 //      registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it runs
-//        S = Q K^T  as 2 (n-tiles of 8 tokens) x HeadDim/16 (k-steps) mma.m16n8k16: A = queries
-//                   (rows 0-7 the hi parts of heads 0-7, rows 8-15 the lo parts, so S = C[g] +
-//                   C[g + 8]), B = key codes -> half2 levels through the code table;
+//        S^T = K Q^T as 1 or 2 (tiles of 4 heads) x HeadDim/16 (k-steps) mma.m16n8k16: A = key
+//                   codes -> half2 levels through the code table (m = the chunk's 16 tokens),
+//                   B = queries (n = 4 heads x {hi, lo} columns, so c0 + c1 is one head's score);
 //        online softmax per head in log2 units (the running max and the rescale only when a logit
 //                   exceeds it);
 //        O^T += V^T P'  as HeadDim/16 mma.m16n8k16: A = value codes -> half2 levels (m = coordinates,
 //                   k = the 16 tokens; 4 and 2 bits: two tokens' code fields interleaved so that
-//                   one lookup is one A register), B = P' = p_t * value_scale_t in fp16 (n = the 8 heads);
+//                   one lookup is one A register), B = P' = p_t * value_scale_t in fp16 (n = the 8
+//                   heads; moved from the score layout by two shuffles per tile);
 //      every coordinate permutation below is chosen so that a lane's codes are one contiguous
 //      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
 //   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
