@@ -158,11 +158,11 @@ struct RegionCopy {
 
 // Compile-time geometry of one instance.
 //
-// Q.K^T: lane (group, quad) holds key rows `group` (n-tile 0) and 8 + group (n-tile 1) of a chunk,
-// coordinates [quad * d/4, (quad + 1) * d/4) of each: a contiguous quarter row. In k-step kk its B
+// K.Q^T: lane (group, quad) holds key rows `group` and 8 + group of a chunk (its A fragment rows),
+// coordinates [quad * d/4, (quad + 1) * d/4) of each: a contiguous quarter row. In k-step kk its A
 // registers are the code pairs 2 kk and 2 kk + 1 of that quarter, so mma k index
 // 2 quad + e <-> coordinate quad * d/4 + 4 kk + e and 8 + 2 quad + e <-> quad * d/4 + 4 kk + 2 + e;
-// the query registers follow the same map.
+// the query B registers follow the same map.
 //
 // P.V: m-tile mt, row group <-> coordinate group * d/8 + 2 mt, row group + 8 <-> the next one; the
 // k indices 2 quad + e <-> token quad + 4 e, 8 + 2 quad + e <-> token 8 + quad + 4 e, so lane
@@ -176,7 +176,7 @@ struct Shape {
   static_assert(HeadDim % kMmaK == 0, "head_dim must be a multiple of 16");
   static constexpr int kKeyBits = KeyBits;
   static constexpr int kValueBits = ValueBits;
-  static constexpr int kKSteps = HeadDim / kMmaK;  // Q.K^T mmas per n-tile
+  static constexpr int kKSteps = HeadDim / kMmaK;  // K.Q^T mmas per tile of 4 heads
   static constexpr int kMTiles = HeadDim / kMmaM;  // P.V mmas per chunk
 
   static constexpr int kKeyRowBytes = HeadDim * KeyBits / kBitsPerByte;
@@ -320,7 +320,7 @@ __device__ __forceinline__ float load_scale(const uint8_t* at, NormStorage norm)
 template <class S>
 struct ChunkRegs {
   uint32_t key[kTokenRows][S::kKeyWords];          // j: quarter `quad` of key row 8 j + group
-  uint32_t value[kLaneValueRows][S::kValueWords];  // eighth `group` of value rows 2 quad + {0, 1}, 8 + 2 quad + {0, 1}
+  uint32_t value[kLaneValueRows][S::kValueWords];  // eighth `group` of value rows quad + {0, 4}, 8 + quad + {0, 4}
   float key_scale[kTokenRows];                     // of rows group, 8 + group (the scored tokens)
   float value_scale[kTokenRows];
   bool page_ok;                                 // the block-table entry is inside the pool
