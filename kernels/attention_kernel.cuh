@@ -101,8 +101,6 @@ inline constexpr float kNegInf = -__builtin_huge_valf();
 inline constexpr int kBitsPerByte = 8;
 inline constexpr int kBitsPerWord = 32;
 inline constexpr int kBytesPerWord = 4;
-inline constexpr int kHalfBits = 16;
-inline constexpr uint32_t kLowHalfMask = 0xffffu;
 inline constexpr int kMaxLoadBytes = 16;  // one vector load
 // __byte_perm selectors: (x.low, y.low) and (x.high, y.high) halves.
 inline constexpr uint32_t kPermLowHalves = 0x5410u;
@@ -323,7 +321,7 @@ struct ChunkRegs {
   uint32_t value[kLaneValueRows][S::kValueWords];  // eighth `group` of value rows quad + {0, 4}, 8 + quad + {0, 4}
   float key_scale[kTokenRows];                     // of rows group, 8 + group (the scored tokens)
   float value_scale[kTokenRows];
-  bool page_ok;                                 // the block-table entry is inside the pool
+  bool page_ok;                                    // the block-table entry is inside the pool
 };
 
 // A lane's part of every chunk's copies (page -> stage) and reads (stage -> registers), the same for
