@@ -19,6 +19,7 @@ using attention_kernel::fast_exp2;
 using attention_kernel::kLog2e;
 using attention_kernel::kNegInf;
 using attention_kernel::kQElementBytes;
+using attention_kernel::allow_dependent_grids;
 using attention_kernel::wait_for_prior_grids;
 using device::kChunk;
 using device::kFullWarpMask;
@@ -68,6 +69,7 @@ __global__ void __launch_bounds__(kGenericThreads) generic_split_kernel(const __
   __shared__ float levels[2][kMaxLevels];
   __shared__ float warp_acc[kGenericWarps][HeadDim];
   __shared__ float2 warp_max_sum[kGenericWarps];
+  allow_dependent_grids();
   if (threadIdx.x < kMaxLevels) {
     levels[0][threadIdx.x] = p.key_levels[threadIdx.x];
     levels[1][threadIdx.x] = p.value_levels[threadIdx.x];

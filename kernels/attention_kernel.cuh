@@ -200,18 +200,16 @@ struct Shape {
   static_assert(kKeySegmentCoords == kCoordsPerKStep * kKSteps, "two code pairs per k-step");
   static_assert(kValueSegmentCoords == kPair * kMTiles, "one code pair per m-tile");
 
-  // Shared memory: the code table, the query tile (hi and lo), the per-head logit factors, then the
+  // Shared memory: the code table, the query B fragments (hi and lo), the per-head logit factors, then the
   // stage ring; after the main loop the same bytes hold the warps' partials (rows padded by one
   // float to spread the banks).
   static constexpr int kTableEntries =
       CodeUnit<KeyBits>::kEntries > CodeUnit<ValueBits>::kEntries ? CodeUnit<KeyBits>::kEntries : CodeUnit<ValueBits>::kEntries;
   static constexpr size_t kTableBytes = size_t{kTableEntries} * kEntryBytes;
-  static constexpr int kQueryHalves = kHeads * HeadDim;
   // The query B fragments of every K.Q^T tile and k-step, one 8-byte entry per lane:
   // [kMaxQkTiles][kKSteps][32] uint2.
   static constexpr size_t kQueryFragmentBytes = sizeof(uint2) * kMaxQkTiles * kKSteps * kWarpSize;
-  static constexpr size_t kMainBytes =
-      kTableBytes + kQueryFragmentBytes + 2 * sizeof(__half) * kQueryHalves + sizeof(float) * kHeads;
+  static constexpr size_t kMainBytes = kTableBytes + kQueryFragmentBytes + sizeof(float) * kHeads;
 
   // The stage ring (after the main bytes): kStages stages per warp, each one chunk as
   // [key rows: 16 x kKeyRowBytes][value rows: 16 x kValueRowBytes][key scales][value scales], scales
@@ -230,7 +228,15 @@ struct Shape {
   static constexpr size_t kRingOffset = (kMainBytes + kMaxLoadBytes - 1) / kMaxLoadBytes * kMaxLoadBytes;
   static constexpr size_t kRingBytes = size_t{kAttentionWarps} * kStages * kStageBytes;
 
-  static constexpr int kMergeRowStride = HeadDim + 1;
+  // The warps' partials: [warp][head] rows of kMergeRowStride floats, coordinate c at
+  // c + c / kValueSegmentCoords (one float of padding after each lane group's eighth). A lane
+  // (group, quad) stores coordinate 16 group + 2 mt + e of head 2 quad + h: with the row stride
+  // = 4 (mod 16) and the padding, the 32 lanes of each store hit 32 distinct banks (8 quad + 17 group
+  // mod 32 at d = 128), where rows of d + 1 floats were 4-way conflicts.
+  static constexpr int kMergeRowStride = (HeadDim + kGroups + 11) / 16 * 16 + 4;
+  __device__ static constexpr int merge_index(int head, int coord) {
+    return head * kMergeRowStride + coord + coord / kValueSegmentCoords;
+  }
   static constexpr size_t kMergeOutFloats = size_t{kAttentionWarps} * kHeads * kMergeRowStride;
   static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kAttentionWarps * kHeads;
   static constexpr size_t kSmemBytes = max_size(kRingOffset + kRingBytes, kMergeBytes);
@@ -443,17 +449,27 @@ __device__ __forceinline__ void build_code_table(uint8_t* table, bool value_side
   using U = CodeUnit<Bits>;
   constexpr uint32_t kMask = (1u << Bits) - 1u;
   constexpr int kStoresPerSide = kSideBytes / static_cast<int>(sizeof(uint4));
-  for (int i = threadIdx.x; i < U::kEntries * kStoresPerSide; i += kThreads) {
-    const int e = i / kStoresPerSide, part = i % kStoresPerSide;
+  // Thread t stores part t % 8 of entries t / 8 + 32 k: consecutive lanes fill consecutive 16 bytes
+  // (conflict-free), and the entry's low five bits are the same in every pass, so the levels they
+  // select are loaded once (fewer instructions in a prologue that every CTA runs).
+  constexpr int kEntriesPerPass = kThreads / kStoresPerSide;
+  static_assert(U::kEntries % kEntriesPerPass == 0 && (kEntriesPerPass & (kEntriesPerPass - 1)) == 0,
+                "whole passes, and a pass number that does not touch the entry's low bits");
+  const auto first = static_cast<uint32_t>(threadIdx.x) / kStoresPerSide;
+  auto* dst = reinterpret_cast<uint4*>(table + first * kEntryBytes + (value_side ? kSideBytes : 0)) +
+              threadIdx.x % kStoresPerSide;
+#pragma unroll
+  for (int k = 0; k < U::kEntries / kEntriesPerPass; ++k) {
+    const uint32_t e = first | static_cast<uint32_t>(k * kEntriesPerPass);
     uint32_t w[2] = {0u, 0u};
 #pragma unroll
     for (int j = 0; j < U::kPairs; ++j) {
-      const uint32_t low = (static_cast<uint32_t>(e) >> (2 * j * Bits)) & kMask;
-      const uint32_t high = (static_cast<uint32_t>(e) >> ((2 * j + 1) * Bits)) & kMask;
+      const uint32_t low = (e >> (2 * j * Bits)) & kMask;
+      const uint32_t high = (e >> ((2 * j + 1) * Bits)) & kMask;
       w[j] = half2_bits(scale * levels[low], scale * levels[high]);
     }
-    const uint4 v = U::kPairs == 1 ? make_uint4(w[0], w[0], w[0], w[0]) : make_uint4(w[0], w[1], w[0], w[1]);
-    reinterpret_cast<uint4*>(table + e * kEntryBytes + (value_side ? kSideBytes : 0))[part] = v;
+    dst[k * kEntriesPerPass * (kEntryBytes / static_cast<int>(sizeof(uint4)))] =
+        U::kPairs == 1 ? make_uint4(w[0], w[0], w[0], w[0]) : make_uint4(w[0], w[1], w[0], w[1]);
   }
 }
 
@@ -497,68 +513,97 @@ __device__ __forceinline__ uint2 unit_levels(const uint8_t* table, const uint32_
   return *reinterpret_cast<const uint2*>(table + unit_offset<Bits>(w, u, lane_offset));
 }
 
-// Rotates the queries of local heads [0, heads) (the rest are zero), normalises each by its largest
-// coordinate and stores hi / lo fp16 parts and the factor max * softmax_scale.
-// Local head v is slot head0 + v of the tile: query token (head0 + v) / group of the sequence's rows
-// from token_row0 (one token in decode), head kv * group + (head0 + v) % group.
-template <int HeadDim, DType QType>
-__device__ __forceinline__ void rotate_queries(const AttentionParams& p, int token_row0, int kv, int head0, int heads,
-                                               __half* q_hi, __half* q_lo, float* factor) {
-  using Layout = device::VectorLayout<HeadDim>;
-  constexpr int kRotatingWarps = (kHeads + Layout::kVectorsPerWarp - 1) / Layout::kVectorsPerWarp;
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  if (warp >= kRotatingWarps) return;  // warp-uniform
-  const int v = warp * Layout::kVectorsPerWarp + lane / Layout::kLanes;  // local head
-  const int l = lane % Layout::kLanes;
-  float x[Layout::kChunks][device::kChunk];
-  if (v < heads) {
-    const int slot = head0 + v, token = slot / p.group;
-    const auto* row = static_cast<const uint8_t*>(p.q) +
-                      (static_cast<int64_t>(token_row0 + token) * p.q_stride0 +
-                       static_cast<int64_t>(kv * p.group + slot - token * p.group) * p.q_stride1) *
-                          kQElementBytes;
-#pragma unroll
-    for (int u = 0; u < Layout::kChunks; ++u) {
-      const int c = Layout::chunk_index(l, u);
-      load_row_chunk<QType>(row + c * device::kChunk * kQElementBytes, p.key_signs, c, x[u]);
-    }
+// The queries: warp v takes local head v (one vector per warp, device::WarpVector, all heads at
+// once: the CTA's other warps wait for them at a barrier, so their latency is what counts). Local
+// head v is slot head0 + v of the tile: query token (head0 + v) / group of the sequence's rows from
+// token_row0 (one token in decode), head kv * group + (head0 + v) % group. load_query issues the
+// loads as early as the row is known (raw f16 / bf16 pairs, zero for v >= heads);
+// store_query_fragments rotates with the keys' RHT, normalises by the largest coordinate and stores
+// the hi / lo fp16 parts straight into the K.Q^T B fragments `qfrag` (see the split kernel: entry
+// (nt * kKSteps + kk) * 32 + 4 column + quarter holds coordinates quarter * d/4 + 4 kk .. + 3 of
+// column 2 (v % 4) + part of tile nt = v / 4) and factor[v] = largest * softmax_scale /
+// key_level_scale (the key table holds scaled levels).
+template <int HeadDim>
+struct QueryWords {
+  uint32_t w[device::WarpVector<HeadDim>::kCoords / kPair];
+};
+
+template <int HeadDim>
+__device__ __forceinline__ QueryWords<HeadDim> load_query(const AttentionParams& p, int token_row0, int kv, int head0,
+                                                         int heads) {
+  using V = device::WarpVector<HeadDim>;
+  static_assert(kAttentionWarps >= kHeads, "one warp per local head");
+  const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  QueryWords<HeadDim> q{};
+  if (v >= heads) return q;  // warp-uniform
+  const int slot = head0 + v, token = slot / p.group;
+  const auto* src = static_cast<const uint8_t*>(p.q) +
+                    (static_cast<int64_t>(token_row0 + token) * p.q_stride0 +
+                     static_cast<int64_t>(kv * p.group + slot - token * p.group) * p.q_stride1 +
+                     (lane % V::kLanes) * V::kCoords) *
+                        kQElementBytes;
+  if constexpr (V::kCoords == 8) {
+    const uint4 r = device::load16<true>(src);
+    q.w[0] = r.x, q.w[1] = r.y, q.w[2] = r.z, q.w[3] = r.w;
   } else {
-#pragma unroll
-    for (int u = 0; u < Layout::kChunks; ++u)
-#pragma unroll
-      for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
+    static_assert(V::kCoords == 4, "4 or 8 coordinates per lane");
+    const uint2 r = __ldg(reinterpret_cast<const uint2*>(src));
+    q.w[0] = r.x, q.w[1] = r.y;
   }
-  device::walsh_hadamard<HeadDim>(x, lane);
+  return q;
+}
+
+template <class S, int HeadDim, DType QType>
+__device__ __forceinline__ void store_query_fragments(const AttentionParams& p, const QueryWords<HeadDim>& q,
+                                                      uint2* qfrag, float* factor) {
+  using V = device::WarpVector<HeadDim>;
+  static_assert(V::kCoords % S::kCoordsPerKStep == 0 && S::kKeySegmentCoords % V::kCoords == 0,
+                "a lane's coordinates are whole B-fragment entries of one quarter");
+  constexpr int kSignWordBits = 64;
+  const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  if (v >= kHeads) return;  // warp-uniform
+  const int c0 = (lane % V::kLanes) * V::kCoords;
+  const auto signs = static_cast<uint32_t>(p.key_signs.words[c0 / kSignWordBits] >> (c0 % kSignWordBits));
+  float x[V::kCoords];
+#pragma unroll
+  for (int i = 0; i < V::kCoords / kPair; ++i) {  // a flipped sign is an exact negation (zeros stay zeros)
+    const float a = device::low_half_to_float<QType>(q.w[i]), b = device::high_half_to_float<QType>(q.w[i]);
+    x[2 * i] = (signs >> (2 * i)) & 1u ? -a : a;
+    x[2 * i + 1] = (signs >> (2 * i + 1)) & 1u ? -b : b;
+  }
+  device::warp_walsh_hadamard<HeadDim>(x, lane);
   const float scale = rht_scale<float>(HeadDim);
   float largest = 0.0f;
 #pragma unroll
-  for (int u = 0; u < Layout::kChunks; ++u)
+  for (int k = 0; k < V::kCoords; ++k) {
+    x[k] *= scale;
+    largest = fmaxf(largest, fabsf(x[k]));
+  }
 #pragma unroll
-    for (int k = 0; k < device::kChunk; ++k) {
-      x[u][k] *= scale;
-      largest = fmaxf(largest, fabsf(x[u][k]));
-    }
+  for (int d = 1; d < kWarpSize; d <<= 1) largest = fmaxf(largest, __shfl_xor_sync(kFullWarpMask, largest, d));
+  // Approximate divisions (a few ulp; an IEEE division compiles to a subroutine call here): the
+  // query only needs to be normalised to about 1, and the factor carries `largest` exactly.
+  const float inverse = largest > 0.0f ? __fdividef(1.0f, largest) : 0.0f;
 #pragma unroll
-  for (int d = 1; d < Layout::kLanes; d <<= 1) largest = fmaxf(largest, __shfl_xor_sync(kFullWarpMask, largest, d));
-  if (v >= kHeads) return;  // no shuffles below
-  const float inverse = largest > 0.0f ? 1.0f / largest : 0.0f;
+  for (int e = 0; e < V::kCoords / S::kCoordsPerKStep; ++e) {
+    uint32_t hi[kPair], lo[kPair];
 #pragma unroll
-  for (int u = 0; u < Layout::kChunks; ++u) {
-    const int c = Layout::chunk_index(l, u);
-    uint32_t hi[device::kPairsPerChunk], lo[device::kPairsPerChunk];
-#pragma unroll
-    for (int i = 0; i < device::kPairsPerChunk; ++i) {
-      const float a = x[u][2 * i] * inverse, b = x[u][2 * i + 1] * inverse;
+    for (int i = 0; i < kPair; ++i) {
+      const float a = x[S::kCoordsPerKStep * e + 2 * i] * inverse, b = x[S::kCoordsPerKStep * e + 2 * i + 1] * inverse;
       const __half2 h = __floats2half2_rn(a, b);
       const float2 back = __half22float2(h);
       hi[i] = *reinterpret_cast<const uint32_t*>(&h);
       lo[i] = half2_bits(a - back.x, b - back.y);
     }
-    const int at = v * HeadDim + c * device::kChunk;
-    *reinterpret_cast<uint4*>(q_hi + at) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-    *reinterpret_cast<uint4*>(q_lo + at) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    const int c = c0 + S::kCoordsPerKStep * e;
+    const int quarter = c / S::kKeySegmentCoords, kk = (c % S::kKeySegmentCoords) / S::kCoordsPerKStep;
+    uint2* entry = qfrag + ((v / kHeadsPerQkTile) * S::kKSteps + kk) * kWarpSize + kQuads * kPair * (v % kHeadsPerQkTile) + quarter;
+    if (lane < V::kLanes) {
+      entry[0] = make_uint2(hi[0], hi[1]);        // column 2 (v % 4): hi
+      entry[kQuads] = make_uint2(lo[0], lo[1]);   // column 2 (v % 4) + 1: lo
+    }
   }
-  if (l == 0) factor[v] = largest * p.softmax_scale / p.key_level_scale;  // the key table holds scaled levels
+  if (lane == 0) factor[v] = largest * __fdividef(p.softmax_scale, p.key_level_scale);
 }
 
 // One chunk of one warp: scores, online softmax, value accumulation.
@@ -779,6 +824,15 @@ __device__ __forceinline__ void wait_for_prior_grids() {
 #endif
 }
 
+// Lets the next kernel of the stream, when launched with programmatic dependent launch, start as
+// soon as every CTA of this grid has passed here (its prologue then overlaps this grid's work); its
+// wait_for_prior_grids() still waits for this whole grid and its writes. Called first thing.
+__device__ __forceinline__ void allow_dependent_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // kScores: the packed-QK scores op (cuda::scores) instead of attention: the same walk and Q.K^T,
 // then scale * q . k_hat of every attended token written to p.scores (no softmax, no values, no
 // window, lengths clamped to p.max_context; one launch, no merge).
@@ -789,12 +843,11 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   extern __shared__ __align__(kMaxLoadBytes) uint8_t smem[];
   uint8_t* table = smem;
   auto* qfrag = reinterpret_cast<uint2*>(smem + S::kTableBytes);
-  auto* q_hi = reinterpret_cast<__half*>(smem + S::kTableBytes + S::kQueryFragmentBytes);
-  __half* q_lo = q_hi + S::kQueryHalves;
-  auto* factor_s = reinterpret_cast<float*>(q_lo + S::kQueryHalves);
+  auto* factor_s = reinterpret_cast<float*>(smem + S::kTableBytes + S::kQueryFragmentBytes);
   auto* merge_out = reinterpret_cast<float*>(smem);                             // after the main loop
   auto* merge_max_sum = reinterpret_cast<float2*>(merge_out + S::kMergeOutFloats);
 
+  allow_dependent_grids();
   // The code table depends on the parameters only: built while the previous kernel drains.
   build_code_table<KeyBits>(table, false, p.key_levels, p.key_level_scale);
   if constexpr (!kScores) build_code_table<ValueBits>(table, true, p.value_levels, 1.0f);
@@ -833,6 +886,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   const int head0 = tile * kHeads;
   const int heads = min(kHeads, n_tokens * p.group - head0);
   if (heads <= 0) return;  // a window's tile past this sequence's tokens
+  const QueryWords<HeadDim> query = load_query<HeadDim>(p, token_row0, kv, head0, heads);  // in flight from here
   const int64_t row0 = static_cast<int64_t>(seq) * p.q_heads + static_cast<int64_t>(kv) * p.group + head0;
   // The partial row (= q / out row * q_heads + head) of local head h; row0 + h in decode.
   const auto partial_row = [&](int h) {
@@ -905,20 +959,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     // The block-table entry of the next chunk to issue (kStages steps ahead), loaded one step early.
     int page_ahead = chunk + kStages * kStep < end ? chunk_page(p, block_row, chunk + kStages * kStep) : 0;
 
-    rotate_queries<HeadDim, QType>(p, token_row0, kv, head0, heads, q_hi, q_lo, factor_s);
-    __syncthreads();
-
-    // Query B fragments of tile nt and k-step kk for lane (group, quad): column `group` = part
-    // group % 2 (hi, lo) of local head 4 nt + group / 2, coordinates c .. c + 3 with
-    // c = quad * d/4 + 4 kk (k indices 2 quad + {0, 1}, 8 + 2 quad + {0, 1}); the same for every
-    // warp, so stored once: entry (nt * kKSteps + kk) * 32 + lane (one conflict-free LDS.64).
-    for (int i = threadIdx.x; i < kMaxQkTiles * S::kKSteps * kWarpSize; i += kThreads) {
-      const int nt = i / (S::kKSteps * kWarpSize), kk = (i / kWarpSize) % S::kKSteps, l = i % kWarpSize;
-      const int column = l / kQuads;
-      const int at = (nt * kHeadsPerQkTile + column / kPair) * HeadDim + (l % kQuads) * S::kKeySegmentCoords +
-                     S::kCoordsPerKStep * kk;
-      qfrag[i] = *reinterpret_cast<const uint2*>((column % kPair ? q_lo : q_hi) + at);
-    }
+    store_query_fragments<S, HeadDim, QType>(p, query, qfrag, factor_s);
     __syncthreads();
     float factor[kMaxQkTiles], factor_log2[kMaxQkTiles];
 #pragma unroll
@@ -992,10 +1033,10 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
 #pragma unroll
   for (int mt = 0; mt < S::kMTiles; ++mt) {
     const int coord = group * S::kValueSegmentCoords + kPair * mt;
-    mine[(kPair * quad) * S::kMergeRowStride + coord] = acc[mt][0];
-    mine[(kPair * quad + 1) * S::kMergeRowStride + coord] = acc[mt][1];
-    mine[(kPair * quad) * S::kMergeRowStride + coord + 1] = acc[mt][2];
-    mine[(kPair * quad + 1) * S::kMergeRowStride + coord + 1] = acc[mt][3];
+    mine[S::merge_index(kPair * quad, coord)] = acc[mt][0];
+    mine[S::merge_index(kPair * quad + 1, coord)] = acc[mt][1];
+    mine[S::merge_index(kPair * quad, coord + 1)] = acc[mt][2];
+    mine[S::merge_index(kPair * quad + 1, coord + 1)] = acc[mt][3];
   }
   if (group == 0) {
 #pragma unroll
@@ -1013,7 +1054,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     for (int w = 0; w < kAttentionWarps; ++w) {
       const float2 ms = merge_max_sum[w * kHeads + h];
       const float weight = ms.x == kNegInf ? 0.0f : exp2f(ms.x - m);
-      o += weight * merge_out[(static_cast<size_t>(w) * kHeads + h) * S::kMergeRowStride + j];
+      o += weight * merge_out[static_cast<size_t>(w) * kHeads * S::kMergeRowStride + S::merge_index(h, j)];
       l += weight * ms.y;
     }
     const int64_t partial = partial_row(h) * p.num_splits + split;
@@ -1033,6 +1074,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   using Layout = device::VectorLayout<HeadDim>;
   constexpr int kSplitGroups = kWarpSize / Layout::kLanes;
   constexpr int kVectorsPerBlock = kMergeThreads / kWarpSize;
+  allow_dependent_grids();  // the next call's split kernel may build its tables meanwhile
   const int lane = threadIdx.x % kWarpSize;
   const int l = lane % Layout::kLanes;
   const int g = lane / Layout::kLanes;

@@ -144,6 +144,38 @@ __device__ inline void hadamard16_b(int lane, uint32_t (&b)[2][2]) {
   }
 }
 
+// One vector per warp, for the few vectors of a CTA whose transform sits on a latency path (the
+// queries of a decode step): lane l holds coordinates [kCoords l, kCoords l + kCoords), l < kLanes
+// (at HeadDim 64 lanes 16-31 repeat lanes 0-15). log2(kCoords) stages run inside a lane and
+// log2(kLanes) by shuffles: ~25 instructions per lane at HeadDim 128 instead of VectorLayout's
+// ~300 for eight vectors on one warp. The stage order is not the CPU's (not bit-exact with it).
+template <int HeadDim>
+struct WarpVector {
+  static constexpr int kCoords = HeadDim / kWarpSize >= 4 ? HeadDim / kWarpSize : 4;
+  static constexpr int kLanes = HeadDim / kCoords;
+  static_assert(HeadDim % kCoords == 0 && kLanes <= kWarpSize && (kLanes & (kLanes - 1)) == 0,
+                "HeadDim must be a power of two in [64, 1024]");
+};
+
+// Unnormalised Walsh-Hadamard transform of the vector held as WarpVector describes; every lane of
+// the warp must call it.
+template <int HeadDim>
+__device__ inline void warp_walsh_hadamard(float (&x)[WarpVector<HeadDim>::kCoords], int lane) {
+  using V = WarpVector<HeadDim>;
+#pragma unroll
+  for (int h = 1; h < V::kCoords; h <<= 1)
+#pragma unroll
+    for (int i = 0; i < V::kCoords; i += 2 * h)
+#pragma unroll
+      for (int j = i; j < i + h; ++j) butterfly(x[j], x[j + h]);
+#pragma unroll
+  for (int d = 1; d < V::kLanes; d <<= 1) {
+    const float upper = (lane & d) ? -1.0f : 1.0f;
+#pragma unroll
+    for (int k = 0; k < V::kCoords; ++k) x[k] = __fmaf_rn(upper, x[k], __shfl_xor_sync(kFullWarpMask, x[k], d));
+  }
+}
+
 // Sum of v over the kLanes lanes of each vector; every lane gets the total.
 template <int kLanes>
 __device__ inline float vector_sum(float v) {
