@@ -1064,84 +1064,127 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   }  // !kScores
 }
 
-// One warp per (sequence, query head): lane (g, l) = (lane / kLanes, lane % kLanes) sums the splits
-// s = g, g + kSplitGroups, ... for the chunks of vector lane l (device::VectorLayout), so the splits'
-// loads are spread over the warp and in flight together; the groups' sums then meet by shuffles
-// (every lane ends with the totals) and the transform runs on all lanes.
+// One CTA of kMergeWarps warps per output row v = (query row, head): warp w merges splits w,
+// w + kMergeWarps, ...: first their (max, sum) pairs, all at once (lane i holds split
+// w + kMergeWarps (i + 32 j)), then their partial rows kMergeBatch at a time, every load of a batch
+// in flight together (lane l holds coordinates [kCoords l, kCoords l + kCoords),
+// device::WarpVector), so a row costs two round trips to L2 rather than one per few splits. An empty
+// split (max -inf: its partial row was never written) is not read. The warps meet in shared
+// memory; warp 0 divides by the sum, un-rotates the values (they were accumulated in their rotated
+// domain: x = s * H y / sqrt(d); raw values, p.value_raw, are plain and have no signs) and stores.
+inline constexpr int kMergeWarps = kMergeThreads / kWarpSize;
+inline constexpr int kMergeBatch = 8;
+inline constexpr int kMergeSlots = (kMaxAttentionSplits / kMergeWarps + kWarpSize - 1) / kWarpSize;
+
 template <int HeadDim, DType OutType>
 __global__ void __launch_bounds__(kMergeThreads)
     decode_attention_merge_kernel(const __grid_constant__ AttentionParams p) {
-  using Layout = device::VectorLayout<HeadDim>;
-  constexpr int kSplitGroups = kWarpSize / Layout::kLanes;
-  constexpr int kVectorsPerBlock = kMergeThreads / kWarpSize;
+  using V = device::WarpVector<HeadDim>;
+  constexpr int kVectors = V::kCoords / 4;  // float4 per lane and row
+  __shared__ __align__(16) float merged[kMergeWarps][HeadDim];
+  __shared__ float2 merged_max_sum[kMergeWarps];
   allow_dependent_grids();  // the next call's split kernel may build its tables meanwhile
-  const int lane = threadIdx.x % kWarpSize;
-  const int l = lane % Layout::kLanes;
-  const int g = lane / Layout::kLanes;
-  const int64_t v = static_cast<int64_t>(blockIdx.x) * kVectorsPerBlock + threadIdx.x / kWarpSize;
-  const int64_t total = static_cast<int64_t>(p.query_rows) * p.q_heads;
-  if (v >= total) return;  // warp-uniform: whole warps only below
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int c0 = (lane % V::kLanes) * V::kCoords;
+  const int64_t v = blockIdx.x;
+  const int splits = p.num_splits;
+  const int mine = splits > warp ? (splits - warp + kMergeWarps - 1) / kMergeWarps : 0;  // this warp's splits
   wait_for_prior_grids();  // the partials of the split kernel
 
-  float x[Layout::kChunks][device::kChunk];
-#pragma unroll
-  for (int u = 0; u < Layout::kChunks; ++u)
-#pragma unroll
-    for (int k = 0; k < device::kChunk; ++k) x[u][k] = 0.0f;
-  const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * p.num_splits;
+  const auto* max_sum = reinterpret_cast<const float2*>(p.partial_max_sum) + v * splits;
+  float2 ms[kMergeSlots];
   float m = kNegInf;
-#pragma unroll 4
-  for (int s = g; s < p.num_splits; s += kSplitGroups) m = fmaxf(m, max_sum[s].x);
 #pragma unroll
-  for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, d));
-  float sum = 0.0f;
-  if (m != kNegInf) {
-    const float* out = p.partial_out + v * p.num_splits * HeadDim;
-#pragma unroll 2
-    for (int s = g; s < p.num_splits; s += kSplitGroups) {
-      const float2 ms = max_sum[s];
-      if (ms.x == kNegInf) continue;  // empty split: its partial_out was never written
-      const float weight = fast_exp2(ms.x - m);
-      sum += weight * ms.y;
+  for (int j = 0; j < kMergeSlots; ++j) {
+    const int i = lane + kWarpSize * j;
+    ms[j] = i < mine ? max_sum[warp + kMergeWarps * i] : make_float2(kNegInf, 0.0f);
+    m = fmaxf(m, ms[j].x);
+  }
 #pragma unroll
-      for (int u = 0; u < Layout::kChunks; ++u) {
-        device::add_scaled_chunk(x[u], out + static_cast<int64_t>(s) * HeadDim + Layout::chunk_index(l, u) * device::kChunk,
-                                 weight);
-      }
+  for (int d = 1; d < kWarpSize; d <<= 1) m = fmaxf(m, __shfl_xor_sync(kFullWarpMask, m, d));
+  float weight[kMergeSlots], sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kMergeSlots; ++j) {
+    weight[j] = ms[j].x == kNegInf ? 0.0f : fast_exp2(ms[j].x - m);
+    sum += weight[j] * ms[j].y;
+  }
+#pragma unroll
+  for (int d = 1; d < kWarpSize; d <<= 1) sum += __shfl_xor_sync(kFullWarpMask, sum, d);
+
+  float x[V::kCoords] = {};
+  const float* partial = p.partial_out + v * splits * HeadDim + c0;
+  for (int i0 = 0; i0 < mine; i0 += kMergeBatch) {
+    float w[kMergeBatch];
+    float4 part[kMergeBatch][kVectors];
+#pragma unroll
+    for (int b = 0; b < kMergeBatch; ++b) {
+      const int i = i0 + b;  // the same in every lane: the weight comes from lane i % 32
+      float own = weight[0];
+#pragma unroll
+      for (int j = 1; j < kMergeSlots; ++j) own = i >= kWarpSize * j ? weight[j] : own;
+      w[b] = __shfl_sync(kFullWarpMask, own, i % kWarpSize);
+      const auto* row = reinterpret_cast<const float4*>(partial + static_cast<int64_t>(warp + kMergeWarps * i) * HeadDim);
+#pragma unroll
+      for (int k = 0; k < kVectors; ++k) part[b][k] = (i < mine && w[b] != 0.0f) ? row[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
+#pragma unroll
+    for (int b = 0; b < kMergeBatch; ++b)
+#pragma unroll
+      for (int k = 0; k < kVectors; ++k) {
+        x[4 * k] = fmaf(w[b], part[b][k].x, x[4 * k]);
+        x[4 * k + 1] = fmaf(w[b], part[b][k].y, x[4 * k + 1]);
+        x[4 * k + 2] = fmaf(w[b], part[b][k].z, x[4 * k + 2]);
+        x[4 * k + 3] = fmaf(w[b], part[b][k].w, x[4 * k + 3]);
+      }
   }
+  if (lane < V::kLanes) {
 #pragma unroll
-  for (int d = Layout::kLanes; d < kWarpSize; d <<= 1) {
-    sum += __shfl_xor_sync(kFullWarpMask, sum, d);
-#pragma unroll
-    for (int u = 0; u < Layout::kChunks; ++u)
-#pragma unroll
-      for (int k = 0; k < device::kChunk; ++k) x[u][k] += __shfl_xor_sync(kFullWarpMask, x[u][k], d);
+    for (int k = 0; k < kVectors; ++k)
+      reinterpret_cast<float4*>(&merged[warp][c0])[k] = make_float4(x[4 * k], x[4 * k + 1], x[4 * k + 2], x[4 * k + 3]);
   }
-  // Coded values were accumulated in their rotated domain: x = s * H y / sqrt(d); raw values are
-  // plain (p.value_raw, the generic kernel: value_signs are then zero, so nothing flips below).
-  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+  if (lane == 0) merged_max_sum[warp] = make_float2(m, sum);
+  __syncthreads();
+  if (warp != 0) return;
+
+  float top = kNegInf;
 #pragma unroll
-  for (int u = 0; u < Layout::kChunks; ++u)
+  for (int w = 0; w < kMergeWarps; ++w) top = fmaxf(top, merged_max_sum[w].x);
+  float total = 0.0f;
 #pragma unroll
-    for (int k = 0; k < device::kChunk; ++k) x[u][k] *= inverse;
-  if (!p.value_raw) device::walsh_hadamard<HeadDim>(x, lane);  // warp-uniform
+  for (int k = 0; k < V::kCoords; ++k) x[k] = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kMergeWarps; ++w) {
+    const float2 ms_w = merged_max_sum[w];
+    const float scale = ms_w.x == kNegInf ? 0.0f : fast_exp2(ms_w.x - top);
+    total += scale * ms_w.y;
+#pragma unroll
+    for (int k = 0; k < V::kCoords; ++k) x[k] = fmaf(scale, merged[w][c0 + k], x[k]);
+  }
+  const float inverse = total > 0.0f ? __fdividef(1.0f, total) : 0.0f;
+#pragma unroll
+  for (int k = 0; k < V::kCoords; ++k) x[k] *= inverse;
+  if (!p.value_raw) device::warp_walsh_hadamard<HeadDim>(x, lane);  // warp-uniform
   const float scale = p.value_raw ? 1.0f : rht_scale<float>(HeadDim);
+  constexpr int kSignWordBits = 64;
+  const auto signs = static_cast<uint32_t>(p.value_signs.words[c0 / kSignWordBits] >> (c0 % kSignWordBits));
+  uint32_t packed[V::kCoords / kPair];
 #pragma unroll
-  for (int u = 0; u < Layout::kChunks; ++u)
-#pragma unroll
-    for (int k = 0; k < device::kChunk; ++k) x[u][k] *= scale;
-  if (g != 0) return;  // every group holds the totals: group 0 stores
+  for (int i = 0; i < V::kCoords / kPair; ++i) {
+    const float a = x[2 * i] * scale, b = x[2 * i + 1] * scale;
+    packed[i] = device::pack_pair<OutType>((signs >> (2 * i)) & 1u ? -a : a, (signs >> (2 * i + 1)) & 1u ? -b : b);
+  }
   const auto seq = static_cast<int32_t>(v / p.q_heads);
   const auto head = static_cast<int32_t>(v - static_cast<int64_t>(seq) * p.q_heads);
-  auto* row = static_cast<uint8_t*>(p.out) +
-              (static_cast<int64_t>(seq) * p.out_stride0 + static_cast<int64_t>(head) * p.out_stride1) * kQElementBytes;
-#pragma unroll
-  for (int u = 0; u < Layout::kChunks; ++u) {
-    const int c = Layout::chunk_index(l, u);
-    device::store_chunk<OutType>(row + c * device::kChunk * kQElementBytes, device::chunk_signs(p.value_signs, c), x[u]);
+  auto* dst = static_cast<uint8_t*>(p.out) +
+              (static_cast<int64_t>(seq) * p.out_stride0 + static_cast<int64_t>(head) * p.out_stride1 + c0) * kQElementBytes;
+  if (lane < V::kLanes) {
+    if constexpr (V::kCoords == 8) {
+      device::store16(dst, make_uint4(packed[0], packed[1], packed[2], packed[3]));
+    } else {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(packed[0], packed[1]);
+    }
   }
-  if (l == 0 && p.lse != nullptr) p.lse[v] = sum > 0.0f ? (m + log2f(sum)) * kLn2 : kNegInf;
+  if (lane == 0 && p.lse != nullptr) p.lse[v] = total > 0.0f ? (top + log2f(total)) * kLn2 : kNegInf;
 }
 
 // Lets `kernel` use `bytes` of dynamic shared memory on the current device, once per device.
@@ -1194,14 +1237,13 @@ cudaError_t launch_split(const AttentionParams& params, cudaStream_t stream) noe
 
 }  // namespace attention_kernel
 
-// The merge kernel over the split partials of params (one warp per (sequence, query head)), with
+// The merge kernel over the split partials of params (one CTA per (query row, head)), with
 // programmatic dependent launch when params.programmatic_launch.
 template <int HeadDim, DType QType>
 cudaError_t launch_decode_attention_merge(const AttentionParams& params, cudaStream_t stream) noexcept {
   namespace ak = attention_kernel;
-  constexpr int64_t kVectorsPerBlock = ak::kMergeThreads / ak::kWarpSize;  // one warp per vector
   const int64_t vectors = static_cast<int64_t>(params.query_rows) * params.q_heads;
-  const dim3 grid(static_cast<unsigned>((vectors + kVectorsPerBlock - 1) / kVectorsPerBlock));
+  const dim3 grid(static_cast<unsigned>(vectors));  // one CTA per output row
   return ak::launch_programmatic(&ak::decode_attention_merge_kernel<HeadDim, QType>, grid, dim3(ak::kMergeThreads), 0,
                                  params, stream);
 }
