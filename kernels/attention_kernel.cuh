@@ -13,8 +13,9 @@
 //      are stored as fp16(a * level) with a host-chosen a in [1, 2) that keeps the roundings small
 //      (params.key_level_scale, folded back into the logit factor);
 //   3. the queries of the head tile (up to 8 heads of one GQA group) rotated with the keys' RHT in
-//      fp32 (device/rht.cuh), normalised by their largest coordinate and split into fp16 hi + lo,
-//      stored once as every lane's B fragments (one 8-byte load per K.Q^T tile and k-step);
+//      fp32, one head per warp (device::WarpVector: the other warps wait for this at a barrier),
+//      normalised by their largest coordinate and split into fp16 hi + lo, stored once as every
+//      lane's B fragments (one 8-byte load per K.Q^T tile and k-step);
 //   4. each warp walks every kAttentionWarps-th chunk through its own ring of kStages shared-memory
 //      stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
 //      registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it runs
@@ -30,11 +31,13 @@
 //      every coordinate permutation below is chosen so that a lane's codes are one contiguous
 //      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
 //   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
-// Both kernels may start early under programmatic dependent launch (wait_for_prior_grids); the
-// split kernel builds its tables (parameters only) before waiting.
-// Merge kernel, one warp per (sequence, query head), its lanes taking the splits in turn: combines the
-// splits by log-sum-exp, divides by the sum, applies x = s * H y / sqrt(d) with the values' signs
-// (device::walsh_hadamard, the CPU's stage order) and writes out (q's dtype) and lse.
+// Both kernels may start early under programmatic dependent launch (wait_for_prior_grids) and let
+// the next kernel start early (allow_dependent_grids); the split kernel builds its tables
+// (parameters only) before waiting.
+// Merge kernel, one CTA of four warps per (query row, head), the warps taking the splits in turn
+// (all of a warp's loads in two round trips): combines the splits by log-sum-exp, divides by the
+// sum, applies x = s * H y / sqrt(d) with the values' signs (device::warp_walsh_hadamard) and
+// writes out (q's dtype) and lse.
 #pragma once
 
 #include <cuda_bf16.h>
