@@ -369,9 +369,10 @@ void BM_Scores(benchmark::State& state) {
 void BM_DecodeAttention(benchmark::State& state) { run_case(state, 0, true); }
 
 // The same shapes with 32 calls queued back to back between the events (per-call time): what a
-// decode step's 32 layers cost each when the host launches ahead, without the idle gap a lone
-// call's events also time (the host's launch of the first kernel). Not the goal's method (the FP16
-// baseline times lone calls); shown beside it.
+// decode step's 32 layers cost each when the host launches ahead — without the idle gap a lone
+// call's events also time (the host's launch of its first kernel), and with one call's merge
+// overlapping the next one's prologue. Not the goal's method (the FP16 baseline times lone calls);
+// shown beside it.
 void BM_DecodeAttentionQueued(benchmark::State& state) { run_case(state, 0, true, kQueuedCalls); }
 
 // Tuning sweep (K4V4): args batch, context, kbits, vbits, splits (0 = heuristic), pdl
