@@ -543,7 +543,7 @@ __device__ __forceinline__ QueryWords<HeadDim> load_query(const AttentionParams&
   const auto* src = static_cast<const uint8_t*>(p.q) +
                     (static_cast<int64_t>(token_row0 + token) * p.q_stride0 +
                      static_cast<int64_t>(kv * p.group + slot - token * p.group) * p.q_stride1 +
-                     (lane % V::kLanes) * V::kCoords) *
+                     V::first(lane)) *
                         kQElementBytes;
   if constexpr (V::kCoords == 8) {
     const uint4 r = device::load16<true>(src);
@@ -562,11 +562,10 @@ __device__ __forceinline__ void store_query_fragments(const AttentionParams& p, 
   using V = device::WarpVector<HeadDim>;
   static_assert(V::kCoords % S::kCoordsPerKStep == 0 && S::kKeySegmentCoords % V::kCoords == 0,
                 "a lane's coordinates are whole B-fragment entries of one quarter");
-  constexpr int kSignWordBits = 64;
   const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   if (v >= kHeads) return;  // warp-uniform
-  const int c0 = (lane % V::kLanes) * V::kCoords;
-  const auto signs = static_cast<uint32_t>(p.key_signs.words[c0 / kSignWordBits] >> (c0 % kSignWordBits));
+  const int c0 = V::first(lane);
+  const uint32_t signs = V::lane_signs(p.key_signs, lane);
   float x[V::kCoords];
 #pragma unroll
   for (int i = 0; i < V::kCoords / kPair; ++i) {  // a flipped sign is an exact negation (zeros stay zeros)
@@ -1088,7 +1087,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   __shared__ float2 merged_max_sum[kMergeWarps];
   allow_dependent_grids();  // the next call's split kernel may build its tables meanwhile
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int c0 = (lane % V::kLanes) * V::kCoords;
+  const int c0 = V::first(lane);
   const int64_t v = blockIdx.x;
   const int splits = p.num_splits;
   const int mine = splits > warp ? (splits - warp + kMergeWarps - 1) / kMergeWarps : 0;  // this warp's splits
@@ -1168,8 +1167,7 @@ __global__ void __launch_bounds__(kMergeThreads)
   for (int k = 0; k < V::kCoords; ++k) x[k] *= inverse;
   if (!p.value_raw) device::warp_walsh_hadamard<HeadDim>(x, lane);  // warp-uniform
   const float scale = p.value_raw ? 1.0f : rht_scale<float>(HeadDim);
-  constexpr int kSignWordBits = 64;
-  const auto signs = static_cast<uint32_t>(p.value_signs.words[c0 / kSignWordBits] >> (c0 % kSignWordBits));
+  const uint32_t signs = V::lane_signs(p.value_signs, lane);
   uint32_t packed[V::kCoords / kPair];
 #pragma unroll
   for (int i = 0; i < V::kCoords / kPair; ++i) {

@@ -16,6 +16,7 @@
 
 #include "turboquant/device/common.cuh"
 #include "turboquant/device/mma.cuh"
+#include "turboquant/signs.hpp"
 
 namespace turboquant::device {
 
@@ -155,6 +156,16 @@ struct WarpVector {
   static constexpr int kLanes = HeadDim / kCoords;
   static_assert(HeadDim % kCoords == 0 && kLanes <= kWarpSize && (kLanes & (kLanes - 1)) == 0,
                 "HeadDim must be a power of two in [64, 1024]");
+  static constexpr int kSignWordBits = 32;  // SignBits::word32
+  static_assert(kSignWordBits % kCoords == 0, "a lane's signs lie in one 32-bit sign word");
+
+  // The first coordinate lane `lane` holds.
+  __device__ static int first(int lane) { return (lane % kLanes) * kCoords; }
+  // Bit k: the sign of coordinate first(lane) + k.
+  __device__ static uint32_t lane_signs(const SignBits& signs, int lane) {
+    const int c0 = first(lane);
+    return signs.word32(c0 / kSignWordBits) >> (c0 % kSignWordBits);
+  }
 };
 
 // Unnormalised Walsh-Hadamard transform of the vector held as WarpVector describes; every lane of
