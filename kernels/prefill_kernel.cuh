@@ -3,24 +3,28 @@
 // (log-sum-exp merge of the parts, inverse value RHT of the prefix part, output). Private to
 // turboquant::cuda; instantiated by kernels/prefill_d<HeadDim>.cu from kernels/prefill_instances.inc.
 //
-// Attention kernel, grid (row_tiles, kv_heads * parts, num_seqs), 4 warps:
-//   - a CTA owns 64 query rows of one (sequence s, KV head kv): row r of row tile x is the pair
-//     (token i, head-in-group hg) with i * group + hg = 64 x + r, so one pass over the keys serves
+// Attention kernel, grid (row_tiles, kv_heads * parts, num_seqs), kWarps = 8 warps:
+//   - a CTA owns 128 query rows of one (sequence s, KV head kv): row r of row tile x is the pair
+//     (token i, head-in-group hg) with i * group + hg = 128 x + r, so one pass over the keys serves
 //     the whole GQA group; warp w owns rows [16 w, 16 w + 16);
 //   - part p < num_splits: the cached keys of split p (the rows' attended range of the cache, in
 //     32-token tiles, divided evenly over the splits), queries rotated with the keys' RHT, values
 //     accumulated in their rotated domain; part p == num_splits (kFresh only): the chunk's own K/V
 //     (f16 | bf16 rows), queries and values as given;
-//   - prologue: the (rotated) queries of the 64 rows, normalised by their largest coordinate
-//     (factor = largest * softmax_scale), fp16 in shared memory [64][HeadDim + 8];
-//   - per 32-token tile: every thread stores the codes it loaded (registers, issued one tile ahead)
-//     as fp16 rows of shared memory K [32][HeadDim + 8] (levels) and V [32][HeadDim + 8]
-//     (level * value scale), the key scales as fp32; then each warp computes
+//   - prologue: the code tables (CodeTable: a byte or six bits of codes -> fp16 level pairs), the
+//     (rotated) queries of the 128 rows, normalised by their largest coordinate (factor = largest *
+//     softmax_scale), fp16 in shared memory [128][HeadDim + 8];
+//   - per 32-token tile, from one of two buffers: each thread dequantises one 32-code segment of K or
+//     V it loaded one tile ahead (registers) through the code table into the fp16 rows K [32][HeadDim
+//     + 8], V [32][HeadDim + 8] (levels only) and the token's key / value scale (fp32); each warp
+//     computes
 //       S = Q K^T   HeadDim/16 k-steps x 4 n-tiles of mma.m16n8k16 (A = Q by ldmatrix.x4,
 //                   B = K rows by ldmatrix.x4), logit = S * key_scale * factor (fp32), soft cap,
-//                   causal / window mask only on the tiles that need it, online softmax (log2);
-//       O += P V    2 k-steps x HeadDim/8 n-tiles (A = P from the S accumulators as fp16,
-//                   B = V rows by ldmatrix.x4.trans);
+//                   causal / window mask only on the tiles that need it, online softmax (log2,
+//                   the accumulators rescaled only when a row's max grows);
+//       O += P' V   2 k-steps x HeadDim/8 n-tiles (A = P' = p * value_scale from the S accumulators
+//                   as fp16, B = V rows by ldmatrix.x4.trans);
+//     then dequantises the next tile into the other buffer: one barrier per tile;
 //   - epilogue: the unnormalised O, max and sum of each row go to the partials.
 // The +8 halves of a shared row make a row 16 bytes longer than a multiple of 128: the 8 row
 // addresses of one ldmatrix phase fall on distinct bank groups.
@@ -84,11 +88,8 @@ inline constexpr int kMmaK = 16;
 inline constexpr int kQuads = 4;
 inline constexpr int kMatrixRows = 8;  // of one ldmatrix matrix
 
-inline constexpr int kWarps = kPrefillWarps;
-inline constexpr int kThreads = kWarps * kWarpSize;
 inline constexpr int kRows = kPrefillRowsPerCta;
 inline constexpr int kTile = kPrefillTileTokens;
-static_assert(kRows == kWarps * kMmaM, "one m-tile of query rows per warp");
 inline constexpr int kSTiles = kTile / kMmaN;   // n-tiles of S per tile: 4
 inline constexpr int kPVSteps = kTile / kMmaK;  // k-steps of P.V per tile: 2
 static_assert(kSTiles % 2 == 0, "K rows are loaded for two n-tiles at once");
@@ -100,8 +101,30 @@ inline constexpr int kElementBytes = 2;         // f16 / bf16
 inline constexpr int kElementsPerVector = 8;    // one 16-byte access of f16 / bf16
 inline constexpr int kSegmentCoords = 32;       // codes a loader job dequantises: Bits words
 inline constexpr int kMaxSegmentWords = 4;      // 32 codes of 4 bits
-inline constexpr int kLevelEntries = 16;        // 2^kMaxBits
 inline constexpr int kCombineThreads = 128;
+
+// ---- code tables: a unit of codes -> its fp16 levels ---------------------------------------------
+// A unit is one byte of codes at 4 bits (two codes -> one half2) and at 2 bits (four codes -> two
+// half2), six bits at 3 bits (two codes -> one half2); consecutive units of a 32-code segment are
+// consecutive coordinate pairs. Entry e of a side's table sits at byte e * kEntryStride and holds
+// kEntryStride / (4 kPairs) copies of its half2 levels (the copy of thread t: t % kCopies), so the
+// lanes of a warp spread over the banks (at most ~2-way conflicts for random codes). A lookup is
+// a shift, a LOP3 (mask | copy offset) and one 32- or 64-bit shared load.
+inline constexpr int kEntryStrideLog2 = 5;
+inline constexpr int kEntryStride = 1 << kEntryStrideLog2;
+inline constexpr int kTableBytes = 256 * kEntryStride;  // the largest table (byte units)
+
+template <int Bits>
+struct CodeTable {
+  static_assert(Bits >= 2 && Bits <= 4, "coded sides of the prefill kernel: 2, 3 or 4 bits");
+  static constexpr int kUnitBits = Bits == 3 ? 6 : 8;
+  static constexpr int kEntries = 1 << kUnitBits;
+  static constexpr int kPairs = kUnitBits / (2 * Bits);      // half2 per entry: 1 or 2
+  static constexpr int kCopyBytes = 4 * kPairs;
+  static constexpr int kCopies = kEntryStride / kCopyBytes;  // 8 or 4
+  static constexpr int kUnits = kSegmentCoords * Bits / kUnitBits;  // units per 32-code segment
+  static_assert(kEntries * kEntryStride <= kTableBytes, "fits the table region");
+};
 
 [[nodiscard]] TQ_HOST_DEVICE constexpr int lowest_bit(int x) { return x & -x; }
 [[nodiscard]] TQ_HOST_DEVICE constexpr int min_int(int a, int b) { return a < b ? a : b; }
@@ -113,21 +136,62 @@ struct Geometry {
   static constexpr int kKSteps = HeadDim / kMmaK;                // S mmas per n-tile
   static constexpr int kDTiles = HeadDim / kMmaN;                // O n-tiles
   static_assert(kDTiles % 2 == 0, "V rows are loaded for two n-tiles at once");
+  // Warp w owns rows [16 w, 16 w + 16) (one m-tile): 8 warps read every dequantised tile. (Two
+  // m-tiles per warp, 4 warps, would halve the shared-memory reads per mma but take 128 accumulator
+  // registers and ~255 in all: 8 warps per SM, measured 34% slower.)
+  static constexpr int kWarps = kRows / kMmaM;
+  static constexpr int kThreads = kWarps * kWarpSize;
   static constexpr int kSegmentsPerRow = HeadDim / kSegmentCoords;
   static constexpr int kTileSegments = kTile * kSegmentsPerRow;   // per side
-  static constexpr int kJobs = 2 * kTileSegments / kThreads;      // coded loader jobs per thread
-  static_assert(2 * kTileSegments % kThreads == 0 && kTileSegments % kWarpSize == 0, "whole jobs, side warp-uniform");
+  static constexpr int kJobs = (2 * kTileSegments + kThreads - 1) / kThreads;  // coded loader jobs per thread
+  static_assert(kTileSegments % kWarpSize == 0, "a side's jobs are whole warps");
   static constexpr int kVectorsPerRow = HeadDim / kElementsPerVector;
   static constexpr int kDenseVectors = kTile * kVectorsPerRow / kThreads;  // per side and thread
-  static_assert(kTile * kVectorsPerRow % kThreads == 0, "whole dense vectors per thread");
+  static_assert(kTile * kVectorsPerRow % kThreads == 0 && kDenseVectors > 0, "whole dense vectors per thread");
 
-  // Shared memory (bytes): Q [kRows][kStride], K [kTile][kStride], V [kTile][kStride] fp16; key
-  // scales [kTile], row factors [kRows], level tables 2 x [16] fp32; token flags [kTile] int.
+  // Shared memory (bytes, in this order): the key and value code tables (CodeTable, kTableBytes
+  // each); Q [kRows][kStride] fp16; two buffers (tile parity) of K [kTile][kStride] and V
+  // [kTile][kStride] fp16; two buffers of the tile's key scales, value scales (fp32) and token
+  // flags (int) [kTile]; the row factors [kRows] fp32.
   static constexpr size_t kQBytes = sizeof(__half) * kRows * kStride;
   static constexpr size_t kTileBytes = sizeof(__half) * kTile * kStride;
-  static constexpr size_t kSmemBytes = kQBytes + 2 * kTileBytes + sizeof(float) * (kTile + kRows + 2 * kLevelEntries) +
-                                       sizeof(int) * kTile;
+  static constexpr size_t kQOffset = 2 * kTableBytes;
+  static constexpr size_t kKOffset = kQOffset + kQBytes;
+  static constexpr size_t kVOffset = kKOffset + 2 * kTileBytes;
+  static constexpr size_t kKeyScaleOffset = kVOffset + 2 * kTileBytes;
+  static constexpr size_t kValueScaleOffset = kKeyScaleOffset + 2 * sizeof(float) * kTile;
+  static constexpr size_t kTokenOkOffset = kValueScaleOffset + 2 * sizeof(float) * kTile;
+  static constexpr size_t kFactorOffset = kTokenOkOffset + 2 * sizeof(int) * kTile;
+  static constexpr size_t kSmemBytes = kFactorOffset + sizeof(float) * kRows;
+  static_assert(kQOffset % 16 == 0 && kKOffset % 16 == 0 && kVOffset % 16 == 0 && kTileBytes % 16 == 0 &&
+                    kKeyScaleOffset % 16 == 0,
+                "16-byte stores and ldmatrix rows");
 };
+
+// One buffer of dequantised tiles (shared memory) and the code tables.
+struct Tiles {
+  __half* k;           // [kTile][kStride]
+  __half* v;           // [kTile][kStride]
+  float* key_scale;    // [kTile]: the token's key scale (0: token not valid)
+  float* value_scale;  // [kTile]: its value scale (0: not valid), applied to P
+  int* token_ok;       // [kTile]
+  const uint8_t* key_table;
+  const uint8_t* value_table;
+};
+
+template <int HeadDim>
+__device__ __forceinline__ Tiles tiles_of(uint8_t* smem, int buffer) {
+  using G = Geometry<HeadDim>;
+  Tiles t;
+  t.k = reinterpret_cast<__half*>(smem + G::kKOffset + buffer * G::kTileBytes);
+  t.v = reinterpret_cast<__half*>(smem + G::kVOffset + buffer * G::kTileBytes);
+  t.key_scale = reinterpret_cast<float*>(smem + G::kKeyScaleOffset) + buffer * kTile;
+  t.value_scale = reinterpret_cast<float*>(smem + G::kValueScaleOffset) + buffer * kTile;
+  t.token_ok = reinterpret_cast<int*>(smem + G::kTokenOkOffset) + buffer * kTile;
+  t.key_table = smem;
+  t.value_table = smem + kTableBytes;
+  return t;
+}
 
 // ---- small device helpers ----------------------------------------------------------------------------
 
@@ -178,18 +242,56 @@ __device__ __forceinline__ void load_words(const uint8_t* p, uint32_t (&w)[kMaxS
   }
 }
 
-// Code j of a little-endian stream of Bits-bit codes (j a compile-time constant after unrolling).
-template <int Bits>
-__device__ __forceinline__ uint32_t code_at(const uint32_t (&w)[kMaxSegmentWords], int j) {
-  const int bit = j * Bits;
-  const int word = bit / 32, offset = bit % 32;
-  uint32_t v;
-  if (offset + Bits <= 32) {
-    v = w[word] >> offset;
-  } else {
-    v = __funnelshift_r(w[word], w[word + 1], offset);
+// Fills a side's code table (CodeTable<Bits>) from its levels (parameter space); all threads.
+template <int Bits, int kThreads>
+__device__ __forceinline__ void build_code_table(uint8_t* table, const float* levels) {
+  using T = CodeTable<Bits>;
+  constexpr uint32_t kMask = (1u << Bits) - 1u;
+  constexpr int kStores = kEntryStride / static_cast<int>(sizeof(uint4));  // 16-byte stores per entry
+  for (int i = threadIdx.x; i < T::kEntries * kStores; i += kThreads) {
+    const auto e = static_cast<uint32_t>(i / kStores);
+    uint32_t w[2] = {0u, 0u};
+#pragma unroll
+    for (int j = 0; j < T::kPairs; ++j)
+      w[j] = half2_bits(levels[(e >> (2 * j * Bits)) & kMask], levels[(e >> ((2 * j + 1) * Bits)) & kMask]);
+    reinterpret_cast<uint4*>(table)[i] = T::kPairs == 1 ? make_uint4(w[0], w[0], w[0], w[0]) : make_uint4(w[0], w[1], w[0], w[1]);
   }
-  return v & ((1u << Bits) - 1u);
+}
+
+// Byte offset in a CodeTable<Bits> of unit u of a segment's code words, this thread's copy
+// (`copy_offset`): the unit's bits moved to bits kEntryStrideLog2.. by one shift (or funnel shift
+// for a six-bit unit across two words), masked and or-ed with the copy offset by one LOP3.
+template <int Bits>
+__device__ __forceinline__ uint32_t unit_offset(const uint32_t (&w)[kMaxSegmentWords], int u, uint32_t copy_offset) {
+  using T = CodeTable<Bits>;
+  constexpr uint32_t kMask = (static_cast<uint32_t>(T::kEntries) - 1u) << kEntryStrideLog2;
+  const int bit = u * T::kUnitBits, word = bit / 32, offset = bit % 32;
+  uint32_t v;
+  if (offset + T::kUnitBits <= 32) {
+    v = offset >= kEntryStrideLog2 ? w[word] >> (offset - kEntryStrideLog2) : w[word] << (kEntryStrideLog2 - offset);
+  } else {
+    v = __funnelshift_r(w[word], w[word + 1], offset - kEntryStrideLog2);
+  }
+  return (v & kMask) | copy_offset;
+}
+
+// The 16 half2 (coordinate pairs) of a 32-code segment through a side's code table.
+template <int Bits>
+__device__ __forceinline__ void segment_levels(const uint8_t* table, const uint32_t (&w)[kMaxSegmentWords],
+                                               uint32_t (&h)[kSegmentCoords / 2]) {
+  using T = CodeTable<Bits>;
+  const uint32_t copy_offset = static_cast<uint32_t>(threadIdx.x % T::kCopies) * T::kCopyBytes;
+#pragma unroll
+  for (int u = 0; u < T::kUnits; ++u) {
+    const uint32_t at = unit_offset<Bits>(w, u, copy_offset);
+    if constexpr (T::kPairs == 2) {
+      const uint2 v = *reinterpret_cast<const uint2*>(table + at);
+      h[2 * u] = v.x;
+      h[2 * u + 1] = v.y;
+    } else {
+      h[u] = *reinterpret_cast<const uint32_t*>(table + at);
+    }
+  }
 }
 
 __device__ __forceinline__ float load_scale(const uint8_t* plane, int row, NormStorage norm) {
@@ -225,7 +327,7 @@ struct CodedSource {
   bool ok[G::kJobs];
   int t0;
 
-  // Job jj of this thread: job = threadIdx.x + jj * kThreads; K segment `job` or V segment
+  // Job jj of this thread: job = threadIdx.x + jj * G::kThreads; K segment `job` or V segment
   // `job - kTileSegments`; segment s = token (s / kSegmentsPerRow) of the tile, coordinates
   // [32 c, 32 c + 32), c = s % kSegmentsPerRow.
   __device__ __forceinline__ void load(const PrefillParams& p, const Work& w, int tile_t0) {
@@ -233,10 +335,14 @@ struct CodedSource {
     const int64_t capacity_pages = p.max_pages_per_seq;
 #pragma unroll
     for (int jj = 0; jj < G::kJobs; ++jj) {
-      const int job = threadIdx.x + jj * kThreads;
+      const int job = threadIdx.x + jj * G::kThreads;
       const bool value = job >= G::kTileSegments;
       const int s = value ? job - G::kTileSegments : job;
       const int token = t0 + s / G::kSegmentsPerRow, c = s % G::kSegmentsPerRow;
+      if (job >= 2 * G::kTileSegments) {  // no such job (head_dim 64): nothing to load
+        ok[jj] = false;
+        break;
+      }
       const int slot = token / p.page_size;
       int page = -1;
       if (token < w.kv_len && slot < capacity_pages)
@@ -260,36 +366,31 @@ struct CodedSource {
     }
   }
 
-  // Dequantises the loaded segments into the shared tiles; returns whether every token this thread
-  // saw is valid.
-  __device__ __forceinline__ bool store(__half* k_s, __half* v_s, float* key_scale, int* token_ok,
-                                        const float* key_levels, const float* value_levels) const {
+  // Dequantises the loaded segments into the shared tiles through the code tables (the levels
+  // only: the key scale multiplies the logit, the value scale the probability); returns whether every
+  // token this thread saw is valid. An invalid token's codes are zero (finite levels) and its scales
+  // 0.
+  __device__ __forceinline__ bool store(const Tiles& t) const {
     bool all_ok = true;
 #pragma unroll
     for (int jj = 0; jj < G::kJobs; ++jj) {
-      const int job = threadIdx.x + jj * kThreads;
+      const int job = threadIdx.x + jj * G::kThreads;
+      if (job >= 2 * G::kTileSegments) break;  // warp-uniform: more threads than jobs (head_dim 64)
       const bool value = job >= G::kTileSegments;
       const int s = value ? job - G::kTileSegments : job;
       const int token = s / G::kSegmentsPerRow, c = s % G::kSegmentsPerRow;
       all_ok = all_ok && ok[jj];
       uint32_t h[kSegmentCoords / 2];
       if (value) {
-        const float sc = ok[jj] ? scale[jj] : 0.0f;  // an invalid token's V is zero: P = 0 times it stays 0
-#pragma unroll
-        for (int j = 0; j < kSegmentCoords / 2; ++j)
-          h[j] = half2_bits(value_levels[code_at<ValueBits>(words[jj], 2 * j)] * sc,
-                            value_levels[code_at<ValueBits>(words[jj], 2 * j + 1)] * sc);
+        segment_levels<ValueBits>(t.value_table, words[jj], h);
       } else {
-#pragma unroll
-        for (int j = 0; j < kSegmentCoords / 2; ++j)
-          h[j] = half2_bits(key_levels[code_at<KeyBits>(words[jj], 2 * j)],
-                            key_levels[code_at<KeyBits>(words[jj], 2 * j + 1)]);
-        if (c == 0) {
-          key_scale[token] = ok[jj] ? scale[jj] : 0.0f;
-          token_ok[token] = ok[jj] ? 1 : 0;
-        }
+        segment_levels<KeyBits>(t.key_table, words[jj], h);
       }
-      uint4* dst = reinterpret_cast<uint4*>((value ? v_s : k_s) + token * G::kStride + c * kSegmentCoords);
+      if (c == 0) {
+        (value ? t.value_scale : t.key_scale)[token] = ok[jj] ? scale[jj] : 0.0f;
+        if (!value) t.token_ok[token] = ok[jj] ? 1 : 0;
+      }
+      uint4* dst = reinterpret_cast<uint4*>((value ? t.v : t.k) + token * G::kStride + c * kSegmentCoords);
 #pragma unroll
       for (int i = 0; i < kSegmentCoords / kElementsPerVector; ++i)
         dst[i] = make_uint4(h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]);
@@ -306,12 +407,12 @@ struct ChunkSource {
   uint4 value[G::kDenseVectors];
   bool ok[G::kDenseVectors];
 
-  // Vector jj of this thread: v = threadIdx.x + jj * kThreads, token v / kVectorsPerRow of the
+  // Vector jj of this thread: v = threadIdx.x + jj * G::kThreads, token v / kVectorsPerRow of the
   // tile, elements [8 c, 8 c + 8), c = v % kVectorsPerRow (both sides).
   __device__ __forceinline__ void load(const PrefillParams& p, const Work& w, int tile_t0) {
 #pragma unroll
     for (int jj = 0; jj < G::kDenseVectors; ++jj) {
-      const int v = threadIdx.x + jj * kThreads;
+      const int v = threadIdx.x + jj * G::kThreads;
       const int token = tile_t0 + v / G::kVectorsPerRow, c = v % G::kVectorsPerRow;
       ok[jj] = token < w.kv_len;
       key[jj] = value[jj] = make_uint4(0u, 0u, 0u, 0u);
@@ -338,26 +439,25 @@ struct ChunkSource {
     }
   }
 
-  __device__ __forceinline__ bool store(__half* k_s, __half* v_s, float* key_scale, int* token_ok, const float*,
-                                        const float*) const {
+  __device__ __forceinline__ bool store(const Tiles& t) const {
     bool all_ok = true;
 #pragma unroll
     for (int jj = 0; jj < G::kDenseVectors; ++jj) {
-      const int v = threadIdx.x + jj * kThreads;
+      const int v = threadIdx.x + jj * G::kThreads;
       const int token = v / G::kVectorsPerRow, c = v % G::kVectorsPerRow;
       all_ok = all_ok && ok[jj];
-      *reinterpret_cast<uint4*>(k_s + token * G::kStride + c * kElementsPerVector) = to_half(key[jj]);
-      *reinterpret_cast<uint4*>(v_s + token * G::kStride + c * kElementsPerVector) = to_half(value[jj]);
+      *reinterpret_cast<uint4*>(t.k + token * G::kStride + c * kElementsPerVector) = to_half(key[jj]);
+      *reinterpret_cast<uint4*>(t.v + token * G::kStride + c * kElementsPerVector) = to_half(value[jj]);
       if (c == 0) {
-        key_scale[token] = ok[jj] ? 1.0f : 0.0f;
-        token_ok[token] = ok[jj] ? 1 : 0;
+        t.key_scale[token] = t.value_scale[token] = ok[jj] ? 1.0f : 0.0f;
+        t.token_ok[token] = ok[jj] ? 1 : 0;
       }
     }
     return all_ok;
   }
 };
 
-// Stores the 64 query rows of the CTA into q_s (fp16, normalised by each row's largest coordinate;
+// Stores the kRows query rows of the CTA into q_s (fp16, normalised by each row's largest coordinate;
 // rotated with the key signs when `rotate`) and factor[r] = largest * softmax_scale (0 for rows
 // past the sequence).
 template <int HeadDim, DType QType>
@@ -365,7 +465,7 @@ __device__ __forceinline__ void load_queries(const PrefillParams& p, const Work&
                                              float* factor) {
   using G = Geometry<HeadDim>;
   using Layout = device::VectorLayout<HeadDim>;
-  constexpr int kRowsPerPass = kThreads / Layout::kLanes;
+  constexpr int kRowsPerPass = G::kThreads / Layout::kLanes;
   static_assert(kRows % kRowsPerPass == 0, "whole passes");
   const int lane = threadIdx.x % kWarpSize;
   const int l = lane % Layout::kLanes;
@@ -421,59 +521,63 @@ __device__ __forceinline__ void load_queries(const PrefillParams& p, const Work&
       for (int i = 0; i < 4; ++i) h[i] = half2_bits(x[u][2 * i] * inverse, x[u][2 * i + 1] * inverse);
       *reinterpret_cast<uint4*>(q_s + r * G::kStride + c * device::kChunk) = make_uint4(h[0], h[1], h[2], h[3]);
     }
-    if (l == 0) factor[r] = valid ? largest * p.softmax_scale : 0.0f;
+    if (l == 0) factor[r] = valid ? largest * p.softmax_scale * kLog2e : 0.0f;  // logits in log2 units
   }
 }
 
-// The attention of one CTA over the tiles [tile_begin, tile_end) of `Source`.
+// 2^x with the hardware approximation (flush-to-zero; 2^-inf = 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The attention of one CTA over the tiles [tile_begin, tile_end) of `Source`. The K / V tiles are
+// double-buffered: while the warps compute tile i from buffer i % 2, its successor's codes are in
+// flight in registers (issued one tile ahead) and are dequantised into the other buffer right
+// after; one barrier per tile.
 template <int HeadDim, class Source>
 __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, Source& src, int tile_begin,
                                        int tile_end, uint8_t* smem) {
   using G = Geometry<HeadDim>;
-  auto* q_s = reinterpret_cast<__half*>(smem);
-  auto* k_s = reinterpret_cast<__half*>(smem + G::kQBytes);
-  auto* v_s = reinterpret_cast<__half*>(smem + G::kQBytes + G::kTileBytes);
-  auto* key_scale = reinterpret_cast<float*>(smem + G::kQBytes + 2 * G::kTileBytes);
-  float* factor_s = key_scale + kTile;
-  float* key_levels = factor_s + kRows;
-  float* value_levels = key_levels + kLevelEntries;
-  auto* token_ok = reinterpret_cast<int*>(value_levels + kLevelEntries);
+  const auto* q_s = reinterpret_cast<const __half*>(smem + G::kQOffset);
+  const auto* factor_s = reinterpret_cast<const float*>(smem + G::kFactorOffset);
 
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int g = lane / kQuads, q = lane % kQuads;
   const int window = p.sliding_window;
-
-  // This thread's two rows: rr = 0 -> warp row g, rr = 1 -> g + 8. Attended key positions
-  // [row_lo, row_hi] (row_hi < row_lo: none).
-  int row_lo[2], row_hi[2];
-  float factor[2];
-  bool row_valid[2];
-#pragma unroll
-  for (int rr = 0; rr < 2; ++rr) {
-    const int r = warp * kMmaM + rr * kMatrixRows + g;
-    row_valid[rr] = r < w.rows;
-    const int i = (w.tile * kRows + r) / p.group;
-    prefill_fragments::row_bounds(static_cast<long long>(w.prefix) + i, window, row_valid[rr], &row_lo[rr],
-                                  &row_hi[rr]);
-    factor[rr] = factor_s[r];
-  }
+  // The soft cap c * tanh(z / c) in log2 units: the same map with c * log2(e).
+  const bool softcap = p.logit_softcap > 0.0f;
+  const float cap = p.logit_softcap * kLog2e;
+  const float inverse_cap = softcap ? 1.0f / cap : 0.0f;
+  // This thread's rows: rr = 0 -> warp row g, rr = 1 -> g + 8 (CTA row row_of(rr)). Their attended
+  // key positions are worked out only for the tiles that need a mask, and their logit factors read
+  // from shared memory per tile (registers are the limit).
+  const auto row_of = [&](int rr) { return warp * kMmaM + rr * kMatrixRows + g; };
 
   float acc[G::kDTiles][4];
 #pragma unroll
   for (int nd = 0; nd < G::kDTiles; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
   float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};
 
+  // After tile `tile`: the next tile into the other buffer (its last readers passed the previous
+  // barrier), the barrier, then the loads of the tile after it. Returns whether every token of the
+  // next tile is valid.
+  const auto advance = [&](int tile) {
+    bool mine_ok = true;
+    if (tile + 1 < tile_end) mine_ok = src.store(tiles_of<HeadDim>(smem, (tile + 1 - tile_begin) & 1));
+    const bool next_ok = __syncthreads_and(mine_ok) != 0;
+    if (tile + 2 < tile_end) src.load(p, w, (tile + 2) * kTile);
+    return next_ok;
+  };
   src.load(p, w, tile_begin * kTile);
+  bool all_ok = __syncthreads_and(src.store(tiles_of<HeadDim>(smem, 0))) != 0;
+  if (tile_begin + 1 < tile_end) src.load(p, w, (tile_begin + 1) * kTile);
 #pragma unroll 1
   for (int tile = tile_begin; tile < tile_end; ++tile) {
-    const int t0 = tile * kTile;
-    __syncthreads();  // the previous tile's K / V are consumed
-    const bool mine_ok = src.store(k_s, v_s, key_scale, token_ok, key_levels, value_levels);
-    const bool all_ok = __syncthreads_and(mine_ok) != 0;
-    if (tile + 1 < tile_end) src.load(p, w, t0 + kTile);  // in flight during the math below
-
+    const Tiles t = tiles_of<HeadDim>(smem, (tile - tile_begin) & 1);
     // Masking is needed unless every token is valid and inside every row's [lo, hi].
-    const int first_pos = w.key_base + t0;
+    const int first_pos = w.key_base + tile * kTile;
     const bool full = prefill_fragments::tile_unmasked(all_ok, first_pos, kTile, w.pos_min, w.pos_max, window);
 
     // S = Q K^T.
@@ -487,70 +591,101 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
 #pragma unroll
       for (int np = 0; np < kSTiles / 2; ++np) {
         uint32_t b[4];
-        ldmatrix_x4(b, k_s + prefill_fragments::k_offset(lane, np, kk, G::kStride));
+        ldmatrix_x4(b, t.k + prefill_fragments::k_offset(lane, np, kk, G::kStride));
         device::mma_f16_m16n8k16(s[2 * np], a, b[0], b[1]);
         device::mma_f16_m16n8k16(s[2 * np + 1], a, b[2], b[3]);
       }
     }
 
-    // Logits (log2 units) and the online softmax; element e of n-tile nt: row rr = e / 2, token
-    // 8 nt + 2 q + e % 2 of the tile.
-    float tile_max[2] = {kNegInf, kNegInf};
-#pragma unroll
-    for (int nt = 0; nt < kSTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int rr = e / 2, token = nt * kMmaN + 2 * q + e % 2;
-        float z = s[nt][e] * key_scale[token] * factor[rr];
-        if (p.logit_softcap > 0.0f) z = p.logit_softcap * tanhf(z / p.logit_softcap);
-        z *= kLog2e;
-        if (!full) {
-          const int kp = first_pos + token;
-          if (!(token_ok[token] && kp >= row_lo[rr] && kp <= row_hi[rr])) z = kNegInf;
-        }
-        s[nt][e] = z;
-        tile_max[rr] = fmaxf(tile_max[rr], z);
-      }
-    float alpha[2], m_use[2];
+    // Logits in log2 units (the row factor carries log2(e)); element e of n-tile nt: row rr = e / 2,
+    // token 8 nt + 2 q + e % 2 of the tile.
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
+      const float factor = factor_s[row_of(rr)];
+#pragma unroll
+      for (int nt = 0; nt < kSTiles; ++nt)
+#pragma unroll
+        for (int e = 2 * rr; e < 2 * rr + 2; ++e) {
+          float z = s[nt][e] * t.key_scale[nt * kMmaN + 2 * q + e % 2] * factor;
+          if (softcap) z = cap * tanhf(z * inverse_cap);
+          s[nt][e] = z;
+        }
+    }
+    if (!full) {
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const int r = row_of(rr);
+        int lo, hi;
+        prefill_fragments::row_bounds(static_cast<long long>(w.prefix) + (w.tile * kRows + r) / p.group, window,
+                                      r < w.rows, &lo, &hi);
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt)
+#pragma unroll
+          for (int e = 2 * rr; e < 2 * rr + 2; ++e) {
+            const int token = nt * kMmaN + 2 * q + e % 2, kp = first_pos + token;
+            if (!(t.token_ok[token] && kp >= lo && kp <= hi)) s[nt][e] = kNegInf;
+          }
+      }
+    }
+    // Online softmax: a row's running max changes only when a logit exceeds it (every tile at
+    // first, rarely later); only then are its sum and accumulators rescaled (warp-uniform test).
+    float tile_max[2];
+    bool grew = false;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      tile_max[rr] = kNegInf;
+#pragma unroll
+      for (int nt = 0; nt < kSTiles; ++nt) tile_max[rr] = fmaxf(tile_max[rr], fmaxf(s[nt][2 * rr], s[nt][2 * rr + 1]));
       tile_max[rr] = fmaxf(tile_max[rr], __shfl_xor_sync(kFullWarpMask, tile_max[rr], 1));
       tile_max[rr] = fmaxf(tile_max[rr], __shfl_xor_sync(kFullWarpMask, tile_max[rr], 2));
-      const float m_new = fmaxf(m_run[rr], tile_max[rr]);
-      m_use[rr] = m_new == kNegInf ? 0.0f : m_new;  // nothing attended yet: keep exp2 finite
-      alpha[rr] = exp2f(m_run[rr] - m_use[rr]);
-      m_run[rr] = m_new;
-      l_run[rr] *= alpha[rr];
+      grew = grew || tile_max[rr] > m_run[rr];
     }
+    if (__any_sync(kFullWarpMask, grew)) {
+      float alpha[2];
 #pragma unroll
-    for (int nd = 0; nd < G::kDTiles; ++nd) {
-      acc[nd][0] *= alpha[0];
-      acc[nd][1] *= alpha[0];
-      acc[nd][2] *= alpha[1];
-      acc[nd][3] *= alpha[1];
+      for (int rr = 0; rr < 2; ++rr) {
+        const float m_new = fmaxf(m_run[rr], tile_max[rr]);
+        alpha[rr] = m_run[rr] == kNegInf ? 0.0f : fast_exp2(m_run[rr] - m_new);  // nothing attended yet: sums are 0
+        m_run[rr] = m_new;
+        l_run[rr] *= alpha[rr];
+      }
+#pragma unroll
+      for (int nd = 0; nd < G::kDTiles; ++nd) {
+        acc[nd][0] *= alpha[0];
+        acc[nd][1] *= alpha[0];
+        acc[nd][2] *= alpha[1];
+        acc[nd][3] *= alpha[1];
+      }
     }
+    // P' = p * value_scale as the fp16 A fragments of P'.V (a masked token's p and scale are 0):
+    // k-step j = n-tiles 2 j and 2 j + 1 of S.
+    const float m_use[2] = {m_run[0] == kNegInf ? 0.0f : m_run[0], m_run[1] == kNegInf ? 0.0f : m_run[1]};
+    uint32_t pa[kPVSteps][4];
 #pragma unroll
-    for (int nt = 0; nt < kSTiles; ++nt)
+    for (int nt = 0; nt < kSTiles; ++nt) {
+      const float2 value_scale = *reinterpret_cast<const float2*>(t.value_scale + nt * kMmaN + 2 * q);
+      float pr[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float pr = exp2f(s[nt][e] - m_use[e / 2]);
-        s[nt][e] = pr;
-        l_run[e / 2] += pr;
+        pr[e] = fast_exp2(s[nt][e] - m_use[e / 2]);
+        l_run[e / 2] += pr[e];
       }
+      pa[nt / 2][2 * (nt % 2)] = half2_bits(pr[0] * value_scale.x, pr[1] * value_scale.y);
+      pa[nt / 2][2 * (nt % 2) + 1] = half2_bits(pr[2] * value_scale.x, pr[3] * value_scale.y);
+    }
 
-    // O += P V.
+    // O += P' V.
 #pragma unroll
-    for (int j = 0; j < kPVSteps; ++j) {
-      const uint32_t a[4] = {half2_bits(s[2 * j][0], s[2 * j][1]), half2_bits(s[2 * j][2], s[2 * j][3]),
-                             half2_bits(s[2 * j + 1][0], s[2 * j + 1][1]), half2_bits(s[2 * j + 1][2], s[2 * j + 1][3])};
+    for (int j = 0; j < kPVSteps; ++j)
 #pragma unroll
       for (int np = 0; np < G::kDTiles / 2; ++np) {
         uint32_t b[4];
-        ldmatrix_x4_trans(b, v_s + prefill_fragments::v_offset(lane, j, np, G::kStride));
-        device::mma_f16_m16n8k16(acc[2 * np], a, b[0], b[1]);
-        device::mma_f16_m16n8k16(acc[2 * np + 1], a, b[2], b[3]);
+        ldmatrix_x4_trans(b, t.v + prefill_fragments::v_offset(lane, j, np, G::kStride));
+        device::mma_f16_m16n8k16(acc[2 * np], pa[j], b[0], b[1]);
+        device::mma_f16_m16n8k16(acc[2 * np + 1], pa[j], b[2], b[3]);
       }
-    }
+
+    all_ok = advance(tile);
   }
 
   // Partials: row (token q0 + i, head kv * group + hg), coordinates 8 nd + 2 q + {0, 1}.
@@ -558,8 +693,8 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
   for (int rr = 0; rr < 2; ++rr) {
     l_run[rr] += __shfl_xor_sync(kFullWarpMask, l_run[rr], 1);
     l_run[rr] += __shfl_xor_sync(kFullWarpMask, l_run[rr], 2);
-    if (!row_valid[rr]) continue;
-    const int r = warp * kMmaM + rr * kMatrixRows + g;
+    const int r = row_of(rr);
+    if (r >= w.rows) continue;
     const int flat = w.tile * kRows + r;
     const int i = flat / p.group, hg = flat - i * p.group;
     const int64_t v = (static_cast<int64_t>(w.q0) + i) * p.q_heads + w.kv * p.group + hg;
@@ -576,13 +711,11 @@ template <int HeadDim>
 inline constexpr int kMinCtasPerSm = prefill_ctas_per_sm(HeadDim);
 
 template <int HeadDim, int KeyBits, int ValueBits, DType QType>
-__global__ void __launch_bounds__(kThreads, kMinCtasPerSm<HeadDim>)
+__global__ void __launch_bounds__(Geometry<HeadDim>::kThreads, kMinCtasPerSm<HeadDim>)
     prefill_attention_kernel(const __grid_constant__ PrefillParams p) {
   using G = Geometry<HeadDim>;
   extern __shared__ __align__(16) uint8_t smem[];
-  float* factor_s = reinterpret_cast<float*>(smem + G::kQBytes + 2 * G::kTileBytes) + kTile;
-  float* key_levels = factor_s + kRows;
-  float* value_levels = key_levels + kLevelEntries;
+  auto* factor_s = reinterpret_cast<float*>(smem + G::kFactorOffset);
 
   Work w;
   w.tile = blockIdx.x;
@@ -613,7 +746,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm<HeadDim>)
       w.pos_min, w.pos_max, p.sliding_window, w.key_base, w.kv_len, kTile, w.part, p.num_splits, !w.chunk);
   const int tile_begin = range.begin, tile_end = range.end;
   if (tile_begin >= tile_end) {  // nothing in this part: the combine skips it
-    for (int r = threadIdx.x; r < w.rows; r += kThreads) {
+    for (int r = threadIdx.x; r < w.rows; r += G::kThreads) {
       const int flat = w.tile * kRows + r;
       const int i = flat / p.group, hg = flat - i * p.group;
       const int64_t v = (static_cast<int64_t>(w.q0) + i) * p.q_heads + w.kv * p.group + hg;
@@ -622,11 +755,11 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm<HeadDim>)
     return;
   }
 
-  if (threadIdx.x < kLevelEntries) {
-    key_levels[threadIdx.x] = p.key_levels[threadIdx.x];
-    value_levels[threadIdx.x] = p.value_levels[threadIdx.x];
+  if (!w.chunk) {
+    build_code_table<KeyBits, G::kThreads>(smem, p.key_levels);
+    build_code_table<ValueBits, G::kThreads>(smem + kTableBytes, p.value_levels);
   }
-  load_queries<HeadDim, QType>(p, w, !w.chunk, reinterpret_cast<__half*>(smem), factor_s);
+  load_queries<HeadDim, QType>(p, w, !w.chunk, reinterpret_cast<__half*>(smem + G::kQOffset), factor_s);
   __syncthreads();
   if (w.chunk) {
     ChunkSource<HeadDim, QType> src;
@@ -720,7 +853,7 @@ cudaError_t launch_prefill_attention(const PrefillParams& params, cudaStream_t s
   }
   const dim3 grid(static_cast<unsigned>(params.row_tiles), static_cast<unsigned>(params.kv_heads * params.parts),
                   static_cast<unsigned>(params.num_seqs));
-  kernel<<<grid, pk::kThreads, G::kSmemBytes, stream>>>(params);
+  kernel<<<grid, G::kThreads, G::kSmemBytes, stream>>>(params);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   using Layout = device::VectorLayout<HeadDim>;

@@ -15,11 +15,9 @@
 
 namespace turboquant::cuda::detail {
 
-// Warps of a prefill CTA: each owns 16 of its 64 query rows (the m extent of one mma).
-inline constexpr int kPrefillWarps = 4;
 // Resident prefill CTAs per SM the kernels are built for (__launch_bounds__ minimum) and the
 // split heuristic plans with.
-[[nodiscard]] constexpr int prefill_ctas_per_sm(int head_dim) noexcept { return head_dim <= 128 ? 3 : 2; }
+[[nodiscard]] constexpr int prefill_ctas_per_sm(int head_dim) noexcept { return head_dim <= 128 ? 2 : 1; }
 
 struct PrefillParams {
   // Queries [total_tokens, q_heads, head_dim], dtype = the instance's QType, not rotated.
@@ -59,7 +57,7 @@ struct PrefillParams {
   int32_t q_heads = 0;
   int32_t kv_heads = 0;
   int32_t group = 0;                   // q_heads / kv_heads
-  int32_t row_tiles = 0;               // ceil(max_query_len * group / 64): grid x
+  int32_t row_tiles = 0;               // ceil(max_query_len * group / kPrefillRowsPerCta): grid x
   int32_t num_splits = 0;              // KV splits of the prefix
   int32_t parts = 0;                   // num_splits (+ 1 with fresh: the chunk part, index num_splits)
 

@@ -68,15 +68,15 @@ bool basic_shape(const PrefillAttentionArgs& a, Shape* sh) noexcept {
   return true;
 }
 
-// Splits of the prefix: enough CTAs for about two thirds of one wave, each split at least
-// kMinTilesPerSplit tiles of the longest attended range. The CTA count is estimated from the rows
-// actually present (total_tokens), not the padded grid. Measured on an H200 (bench_prefill
-// BM_VerifySplits, verify 8 over 32K, 8 KV heads, 2026-11-28): 8 / 16 / 32 / 64 / 99 / 128 splits
-// 0.360 / 0.196 / 0.137 / 0.163 / 0.170 / 0.210 ms: 32 (256 CTAs on 396 slots) is the best.
+// Splits of the prefix: enough CTAs for about one wave, each split at least kMinTilesPerSplit tiles
+// of the longest attended range. The CTA count is estimated from the rows actually present
+// (total_tokens), not the padded grid. Measured on an H200 (bench_prefill BM_VerifySplits, verify 8
+// over 32K, 8 KV heads, 128-row CTAs of 8 warps, 2 per SM, 2026-11-28): 8 / 16 / 32 / 64 / 128
+// splits 0.309 / 0.172 / 0.141 / 0.168 / 0.245 ms: 32 (256 CTAs on 264 slots) is the best, the
+// heuristic gives 33. (The 64-row CTAs of 4 warps before: 32 splits, 256 CTAs on 396 slots.)
 int32_t resolve_splits(const PrefillAttentionArgs& a, const Shape& sh) noexcept {
   if (a.num_splits > 0) return a.num_splits;
   constexpr int64_t kMinTilesPerSplit = 4;
-  constexpr int64_t kWaveNumerator = 2, kWaveDenominator = 3;  // two thirds of a wave
   int64_t attended = int64_t{a.max_seq_len};
   if (a.sliding_window > 0 && a.sliding_window < attended)
     attended = int64_t{a.sliding_window} + a.max_query_len + kPrefillTileTokens;
@@ -85,7 +85,7 @@ int32_t resolve_splits(const PrefillAttentionArgs& a, const Shape& sh) noexcept 
   const int64_t row_ctas =
       (ceil_div(sh.total_tokens * sh.group, kPrefillRowsPerCta) + (sh.num_seqs - 1)) * sh.kv_heads;
   const int64_t slots = int64_t{a.sm_count} * detail::prefill_ctas_per_sm(sh.head_dim);
-  int64_t splits = ceil_div(kWaveNumerator * slots, kWaveDenominator * row_ctas);
+  int64_t splits = ceil_div(slots, row_ctas);
   if (splits > useful) splits = useful;
   if (splits > kMaxPrefillSplits) splits = kMaxPrefillSplits;
   if (splits < 1) splits = 1;

@@ -67,7 +67,7 @@ namespace turboquant::cuda {
 // Largest GQA group (q_heads / kv_heads).
 inline constexpr int32_t kMaxPrefillGroup = 16;
 // Query rows ((token, head-in-group) pairs) per CTA and KV tokens per tile of the prefill kernel.
-inline constexpr int32_t kPrefillRowsPerCta = 64;
+inline constexpr int32_t kPrefillRowsPerCta = 128;
 inline constexpr int32_t kPrefillTileTokens = 32;
 // Largest KV split count (explicit or from the heuristic).
 inline constexpr int32_t kMaxPrefillSplits = 128;
