@@ -299,6 +299,21 @@ __device__ __forceinline__ float load_scale(const uint8_t* plane, int row, NormS
   return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(plane) + row)));
 }
 
+// Segment s of a tile side -> (token, c): 8 consecutive jobs (the lanes of one 16-byte store
+// wavefront) take 4 consecutive tokens x 2 consecutive segments, so that their fp16 stores (rows
+// kStride halves = 16 bytes past a multiple of 128 apart, segments 64 bytes apart) fill the 32 banks
+// once (token, segment (c / 2) * 2 + 1 and token + 1 ... land on distinct 16-byte slots), and their
+// code loads are whole 32-byte sectors. Groups of 8 walk the tile's tokens first, then segment pairs.
+template <int HeadDim>
+__device__ __forceinline__ void segment_of(int s, int* token, int* c) {
+  constexpr int kTokensPerGroup = 4, kSegmentsPerGroup = 2;
+  constexpr int kGroupsPerPair = kTile / kTokensPerGroup;  // groups covering one segment pair of every token
+  static_assert(Geometry<HeadDim>::kSegmentsPerRow % kSegmentsPerGroup == 0, "whole segment pairs per row");
+  const int group = s / (kTokensPerGroup * kSegmentsPerGroup), in = s % (kTokensPerGroup * kSegmentsPerGroup);
+  *token = (group % kGroupsPerPair) * kTokensPerGroup + in % kTokensPerGroup;
+  *c = (group / kGroupsPerPair) * kSegmentsPerGroup + in / kTokensPerGroup;
+}
+
 // ---- the CTA's view of its work ----------------------------------------------------------------------
 
 struct Work {
@@ -328,8 +343,8 @@ struct CodedSource {
   int t0;
 
   // Job jj of this thread: job = threadIdx.x + jj * G::kThreads; K segment `job` or V segment
-  // `job - kTileSegments`; segment s = token (s / kSegmentsPerRow) of the tile, coordinates
-  // [32 c, 32 c + 32), c = s % kSegmentsPerRow.
+  // `job - kTileSegments`; segment s = token `token` of the tile, coordinates [32 c, 32 c + 32)
+  // (segment_of).
   __device__ __forceinline__ void load(const PrefillParams& p, const Work& w, int tile_t0) {
     t0 = tile_t0;
     const int64_t capacity_pages = p.max_pages_per_seq;
@@ -338,7 +353,9 @@ struct CodedSource {
       const int job = threadIdx.x + jj * G::kThreads;
       const bool value = job >= G::kTileSegments;
       const int s = value ? job - G::kTileSegments : job;
-      const int token = t0 + s / G::kSegmentsPerRow, c = s % G::kSegmentsPerRow;
+      int token, c;
+      segment_of<HeadDim>(s, &token, &c);
+      token += t0;
       if (job >= 2 * G::kTileSegments) {  // no such job (head_dim 64): nothing to load
         ok[jj] = false;
         break;
@@ -378,7 +395,8 @@ struct CodedSource {
       if (job >= 2 * G::kTileSegments) break;  // warp-uniform: more threads than jobs (head_dim 64)
       const bool value = job >= G::kTileSegments;
       const int s = value ? job - G::kTileSegments : job;
-      const int token = s / G::kSegmentsPerRow, c = s % G::kSegmentsPerRow;
+      int token, c;
+      segment_of<HeadDim>(s, &token, &c);
       all_ok = all_ok && ok[jj];
       uint32_t h[kSegmentCoords / 2];
       if (value) {
@@ -599,17 +617,18 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
 
     // Logits in log2 units (the row factor carries log2(e)); element e of n-tile nt: row rr = e / 2,
     // token 8 nt + 2 q + e % 2 of the tile.
+    {
+      const float factor[2] = {factor_s[row_of(0)], factor_s[row_of(1)]};
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      const float factor = factor_s[row_of(rr)];
+      for (int nt = 0; nt < kSTiles; ++nt) {
+        const float2 key_scale = *reinterpret_cast<const float2*>(t.key_scale + nt * kMmaN + 2 * q);
 #pragma unroll
-      for (int nt = 0; nt < kSTiles; ++nt)
-#pragma unroll
-        for (int e = 2 * rr; e < 2 * rr + 2; ++e) {
-          float z = s[nt][e] * t.key_scale[nt * kMmaN + 2 * q + e % 2] * factor;
+        for (int e = 0; e < 4; ++e) {
+          float z = s[nt][e] * (e % 2 ? key_scale.y : key_scale.x) * factor[e / 2];
           if (softcap) z = cap * tanhf(z * inverse_cap);
           s[nt][e] = z;
         }
+      }
     }
     if (!full) {
 #pragma unroll
