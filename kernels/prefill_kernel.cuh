@@ -138,7 +138,7 @@ struct Geometry {
   static_assert(kDTiles % 2 == 0, "V rows are loaded for two n-tiles at once");
   // Warp w owns rows [16 w, 16 w + 16) (one m-tile): 8 warps read every dequantised tile. (Two
   // m-tiles per warp, 4 warps, would halve the shared-memory reads per mma but take 128 accumulator
-  // registers and ~255 in all: 8 warps per SM, measured 34% slower.)
+  // registers and ~255 in all: 8 warps per SM, measured 16-34% slower.)
   static constexpr int kWarps = kRows / kMmaM;
   static constexpr int kThreads = kWarps * kWarpSize;
   static constexpr int kSegmentsPerRow = HeadDim / kSegmentCoords;
