@@ -207,24 +207,9 @@ Status check(const DecodeAttentionArgs& a, Shape* sh, const Entry** entry, bool 
     return make_status(StatusCode::kInvalidArgument, "out.dim0 = ", a.out.dim0, " but ", rows_name, " = ", rows);
   if (a.out.dim1 != a.q.dim1)
     return make_status(StatusCode::kInvalidArgument, "out.dim1 = ", a.out.dim1, " but q.dim1 (q_heads) = ", a.q.dim1);
-  if (a.lse != nullptr && !checks::aligned(a.lse, sizeof(float)))
-    return make_status(StatusCode::kMisaligned, "lse = ", static_cast<const void*>(a.lse),
-                       ": not aligned to 4-byte floats");
-
-  TQ_RETURN_IF_ERROR(checks::finite_non_negative("softmax_scale", a.softmax_scale));
-  TQ_RETURN_IF_ERROR(checks::finite_non_negative("logit_softcap", a.logit_softcap));
-  if (a.sliding_window < 0)
-    return make_status(StatusCode::kInvalidArgument, "sliding_window = ", a.sliding_window, ": must be >= 0 (0 = off)");
-  const int64_t capacity = static_cast<int64_t>(c.max_pages_per_seq) * l.page_size;
-  if (a.max_seq_len < 0 || a.max_seq_len > capacity)
-    return make_status(StatusCode::kInvalidArgument, "max_seq_len = ", a.max_seq_len,
-                       ": must be in [0, max_pages_per_seq * page_size = ", c.max_pages_per_seq, " * ", l.page_size,
-                       " = ", capacity, "]");
-  if (a.num_splits < 0 || a.num_splits > kMaxAttentionSplits)
-    return make_status(StatusCode::kInvalidArgument, "num_splits = ", a.num_splits, ": must be in [0, ",
-                       kMaxAttentionSplits, "] (0 = heuristic)");
-  if (a.sm_count <= 0)
-    return make_status(StatusCode::kInvalidArgument, "sm_count = ", a.sm_count, ": must be > 0");
+  TQ_RETURN_IF_ERROR(detail::check_attention_options({a.lse, a.softmax_scale, a.logit_softcap, a.sliding_window,
+                                                      a.max_seq_len, a.num_splits, kMaxAttentionSplits, a.sm_count},
+                                                     c));
   if (l.page_bytes > INT32_MAX)
     return make_status(StatusCode::kUnsupportedFormat, "cache.layout.page_bytes = ", l.page_bytes,
                        ": pages of at most 2^31 - 1 bytes are supported (32-bit offsets inside a page)");

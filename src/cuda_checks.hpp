@@ -46,4 +46,38 @@ inline constexpr int32_t kMaxGridYZ = 65535;
   return Status::ok();
 }
 
+// The options decode attention and prefill attention share: the optional lse pointer, the softmax
+// scale and soft cap, the sliding window, max_seq_len against the cache's capacity, the split count
+// (at most max_splits; 0 = heuristic) and the heuristic's SM count.
+struct AttentionOptions {
+  const float* lse;
+  float softmax_scale;
+  float logit_softcap;
+  int32_t sliding_window;
+  int32_t max_seq_len;
+  int32_t num_splits;
+  int32_t max_splits;
+  int32_t sm_count;
+};
+
+[[nodiscard]] inline Status check_attention_options(const AttentionOptions& o, const PagedCache& c) noexcept {
+  if (o.lse != nullptr && !checks::aligned(o.lse, sizeof(float)))
+    return make_status(StatusCode::kMisaligned, "lse = ", static_cast<const void*>(o.lse),
+                       ": not aligned to 4-byte floats");
+  TQ_RETURN_IF_ERROR(checks::finite_non_negative("softmax_scale", o.softmax_scale));
+  TQ_RETURN_IF_ERROR(checks::finite_non_negative("logit_softcap", o.logit_softcap));
+  if (o.sliding_window < 0)
+    return make_status(StatusCode::kInvalidArgument, "sliding_window = ", o.sliding_window, ": must be >= 0 (0 = off)");
+  const int64_t capacity = static_cast<int64_t>(c.max_pages_per_seq) * c.layout.page_size;
+  if (o.max_seq_len < 0 || o.max_seq_len > capacity)
+    return make_status(StatusCode::kInvalidArgument, "max_seq_len = ", o.max_seq_len,
+                       ": must be in [0, max_pages_per_seq * page_size = ", c.max_pages_per_seq, " * ",
+                       c.layout.page_size, " = ", capacity, "]");
+  if (o.num_splits < 0 || o.num_splits > o.max_splits)
+    return make_status(StatusCode::kInvalidArgument, "num_splits = ", o.num_splits, ": must be in [0, ", o.max_splits,
+                       "] (0 = heuristic)");
+  if (o.sm_count <= 0) return make_status(StatusCode::kInvalidArgument, "sm_count = ", o.sm_count, ": must be > 0");
+  return Status::ok();
+}
+
 }  // namespace turboquant::cuda::detail

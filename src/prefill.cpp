@@ -221,22 +221,9 @@ Status check(const PrefillAttentionArgs& a, Shape* sh, const Entry** entry) noex
                            " but cache.layout.kv_heads = ", l.kv_heads);
     }
   }
-  if (a.lse != nullptr && !checks::aligned(a.lse, sizeof(float)))
-    return make_status(StatusCode::kMisaligned, "lse = ", static_cast<const void*>(a.lse),
-                       ": not aligned to 4-byte floats");
-  TQ_RETURN_IF_ERROR(checks::finite_non_negative("softmax_scale", a.softmax_scale));
-  TQ_RETURN_IF_ERROR(checks::finite_non_negative("logit_softcap", a.logit_softcap));
-  if (a.sliding_window < 0)
-    return make_status(StatusCode::kInvalidArgument, "sliding_window = ", a.sliding_window, ": must be >= 0 (0 = off)");
-  const int64_t capacity = static_cast<int64_t>(c.max_pages_per_seq) * l.page_size;
-  if (a.max_seq_len < 0 || a.max_seq_len > capacity)
-    return make_status(StatusCode::kInvalidArgument, "max_seq_len = ", a.max_seq_len,
-                       ": must be in [0, max_pages_per_seq * page_size = ", c.max_pages_per_seq, " * ", l.page_size,
-                       " = ", capacity, "]");
-  if (a.num_splits < 0 || a.num_splits > kMaxPrefillSplits)
-    return make_status(StatusCode::kInvalidArgument, "num_splits = ", a.num_splits, ": must be in [0, ",
-                       kMaxPrefillSplits, "] (0 = heuristic)");
-  if (a.sm_count <= 0) return make_status(StatusCode::kInvalidArgument, "sm_count = ", a.sm_count, ": must be > 0");
+  TQ_RETURN_IF_ERROR(detail::check_attention_options({a.lse, a.softmax_scale, a.logit_softcap, a.sliding_window,
+                                                      a.max_seq_len, a.num_splits, kMaxPrefillSplits, a.sm_count},
+                                                     c));
   if (!basic_shape(a, sh)) return make_status(StatusCode::kInvalidArgument, "inconsistent shapes");
   const int64_t grid_y = int64_t{sh->kv_heads} * parts_of(*sh, resolve_splits(a, *sh));
   if (grid_y > detail::kMaxGridYZ)
