@@ -30,6 +30,30 @@ struct DecodeWindows {
 [[nodiscard]] Status decode_attention_windows(const DecodeAttentionArgs& args, const DecodeWindows& w,
                                               Workspace workspace, cudaStream_t stream) noexcept;
 
+// The page-pool fields every paged-cache kernel's parameters share by name (AttentionParams,
+// PrefillParams, ScoresParams): pool, page geometry, key planes and norm storage, block table,
+// lengths; with kValues the value planes too.
+template <bool kValues, class Params>
+void fill_page_pool(const Format& f, const PagedCache& c, Params* p) noexcept {
+  const layout::PageLayout& l = c.layout;
+  p->pages = static_cast<const uint8_t*>(c.pages);
+  p->num_pages = c.num_pages;
+  p->page_bytes = l.page_bytes;
+  p->head_bytes = l.head_bytes;
+  p->page_size = l.page_size;
+  p->key_codes_offset = l.key_codes_offset;
+  p->key_scales_offset = l.key_scales_offset;
+  p->key_norm = f.key.norm;
+  if constexpr (kValues) {
+    p->value_codes_offset = l.value_codes_offset;
+    p->value_scales_offset = l.value_scales_offset;
+    p->value_norm = f.value.norm;
+  }
+  p->block_table = c.block_table;
+  p->seq_lens = c.seq_lens;
+  p->max_pages_per_seq = c.max_pages_per_seq;
+}
+
 // The fields of AttentionParams that come from the format, the queries and the paged cache (page
 // geometry, lengths, block table, norms, codebook levels and key level scale, signs, bits); the
 // launch-specific ones (grid, splits, workspace, outputs, scales) are the caller's.

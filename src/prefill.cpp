@@ -271,7 +271,6 @@ Status prefill_attention(const PrefillAttentionArgs& a, Workspace workspace, cud
                        "-byte aligned");
 
   const Format& f = a.format;
-  const layout::PageLayout& l = a.cache.layout;
   PrefillParams p;
   p.q = a.q.data;
   p.q_stride0 = a.q.stride0;
@@ -288,20 +287,7 @@ Status prefill_attention(const PrefillAttentionArgs& a, Workspace workspace, cud
     p.chunk_values_stride0 = a.chunk_values.stride0;
     p.chunk_values_stride1 = a.chunk_values.stride1;
   }
-  p.pages = static_cast<const uint8_t*>(a.cache.pages);
-  p.num_pages = a.cache.num_pages;
-  p.page_bytes = l.page_bytes;
-  p.head_bytes = l.head_bytes;
-  p.key_codes_offset = l.key_codes_offset;
-  p.key_scales_offset = l.key_scales_offset;
-  p.value_codes_offset = l.value_codes_offset;
-  p.value_scales_offset = l.value_scales_offset;
-  p.page_size = l.page_size;
-  p.key_norm = f.key.norm;
-  p.value_norm = f.value.norm;
-  p.block_table = a.cache.block_table;
-  p.seq_lens = a.cache.seq_lens;
-  p.max_pages_per_seq = a.cache.max_pages_per_seq;
+  detail::fill_page_pool<true>(f, a.cache, &p);
   p.num_seqs = sh.num_seqs;
   p.q_heads = sh.q_heads;
   p.kv_heads = sh.kv_heads;
