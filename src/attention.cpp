@@ -27,11 +27,8 @@ using detail::kAttentionWarps;
 using Entry = detail::KernelEntry<AttentionParams>;
 
 // ---- the dispatch table: every entry of the list, for f16 and bf16 queries ---------------------------
-#define TQ_ATTENTION_INSTANCE(HeadDim, KeyBits, ValueBits)                                                 \
-  Entry{AttentionKernelKey{HeadDim, KeyBits, ValueBits, DType::kF16},                                      \
-        &detail::launch_decode_attention<HeadDim, KeyBits, ValueBits, DType::kF16>},                       \
-      Entry{AttentionKernelKey{HeadDim, KeyBits, ValueBits, DType::kBF16},                                 \
-            &detail::launch_decode_attention<HeadDim, KeyBits, ValueBits, DType::kBF16>},
+#define TQ_ATTENTION_INSTANCE(HeadDim, KeyBits, ValueBits) \
+  TQ_KERNEL_ENTRIES(AttentionParams, detail::launch_decode_attention, HeadDim, KeyBits, ValueBits)
 const Entry kKernels[] = {
 #include "attention_instances.inc"
 };

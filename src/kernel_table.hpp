@@ -19,6 +19,16 @@ struct KernelEntry {
   cudaError_t (*launch)(const Params&, cudaStream_t) noexcept;
 };
 
+// The two entries (f16 and bf16 queries) of one kernel-list entry (HeadDim, KeyBits, ValueBits):
+// `launch` is the launcher template, instantiated as launch<HeadDim, KeyBits, ValueBits, QType>.
+#define TQ_KERNEL_ENTRIES(Params, launch, HeadDim, KeyBits, ValueBits)                                             \
+  ::turboquant::cuda::detail::KernelEntry<Params>{                                                                  \
+      ::turboquant::cuda::AttentionKernelKey{HeadDim, KeyBits, ValueBits, ::turboquant::DType::kF16},               \
+      &launch<HeadDim, KeyBits, ValueBits, ::turboquant::DType::kF16>},                                             \
+      ::turboquant::cuda::detail::KernelEntry<Params>{                                                              \
+          ::turboquant::cuda::AttentionKernelKey{HeadDim, KeyBits, ValueBits, ::turboquant::DType::kBF16},          \
+          &launch<HeadDim, KeyBits, ValueBits, ::turboquant::DType::kBF16>},
+
 // The entry of `table` for the key, or nullptr.
 template <class Params, size_t N>
 [[nodiscard]] const KernelEntry<Params>* find_kernel(const KernelEntry<Params> (&table)[N], int32_t head_dim,

@@ -22,11 +22,8 @@ namespace {
 using detail::PrefillParams;
 using Entry = detail::KernelEntry<PrefillParams>;
 
-#define TQ_PREFILL_INSTANCE(HeadDim, KeyBits, ValueBits)                                                   \
-  Entry{AttentionKernelKey{HeadDim, KeyBits, ValueBits, DType::kF16},                                      \
-        &detail::launch_prefill_attention<HeadDim, KeyBits, ValueBits, DType::kF16>},                      \
-      Entry{AttentionKernelKey{HeadDim, KeyBits, ValueBits, DType::kBF16},                                 \
-            &detail::launch_prefill_attention<HeadDim, KeyBits, ValueBits, DType::kBF16>},
+#define TQ_PREFILL_INSTANCE(HeadDim, KeyBits, ValueBits) \
+  TQ_KERNEL_ENTRIES(PrefillParams, detail::launch_prefill_attention, HeadDim, KeyBits, ValueBits)
 const Entry kKernels[] = {
 #include "prefill_instances.inc"
 };
