@@ -3,6 +3,7 @@
 //   - shared-memory offsets of the ldmatrix row addresses and the accumulator element maps
 //     (FragmentMaps replays a warp's ldmatrix / mma sequence through an emulation of the PTX
 //     fragment semantics and compares with direct matrix products);
+//   - the dequantiser's job map (segment_of: a bijection, conflict-free stores);
 //   - the key ranges of a CTA: which tiles each split walks, which tiles skip masking, each row's
 //     attended positions (KeyRanges checks that every row sees exactly its keys, once).
 #pragma once
@@ -39,6 +40,21 @@ inline constexpr int kMmaM = 16, kMmaN = 8, kMmaK = 16;
 // Accumulator element e (0..3) of an m16n8 tile held by `lane`: row g + 8 (e / 2), column 2 q + e % 2.
 [[nodiscard]] TQ_HOST_DEVICE constexpr int acc_row(int lane, int e) { return lane / 4 + kMatrixRows * (e / 2); }
 [[nodiscard]] TQ_HOST_DEVICE constexpr int acc_col(int lane, int e) { return 2 * (lane % 4) + e % 2; }
+
+// ---- the dequantiser's jobs ---------------------------------------------------------------------------
+// Segment s (32 codes) of a tile side of `tile_tokens` tokens -> (token, c = its 32-coordinate
+// segment of the row). 8 consecutive jobs (the lanes of one 16-byte store wavefront) take 4
+// consecutive tokens x 2 consecutive segments: fp16 tile rows are (head_dim + 8) halves = 16 bytes
+// past a multiple of 128 apart and segments 64 bytes apart, so each of their four 16-byte stores
+// fills the 32 banks once; their code loads are whole 32-byte sectors. Groups of 8 walk the tile's
+// tokens first, then the segment pairs (rows of at least two segments: head_dim >= 64).
+inline constexpr int kJobTokens = 4, kJobSegments = 2;
+TQ_HOST_DEVICE constexpr void segment_of(int s, int tile_tokens, int* token, int* c) {
+  const int groups_per_pair = tile_tokens / kJobTokens;  // groups covering one segment pair of every token
+  const int group = s / (kJobTokens * kJobSegments), in = s % (kJobTokens * kJobSegments);
+  *token = (group % groups_per_pair) * kJobTokens + in % kJobTokens;
+  *c = (group / groups_per_pair) * kJobSegments + in / kJobTokens;
+}
 
 // ---- key ranges ------------------------------------------------------------------------------------
 // Positions: query row of token i sits at P + i; source key t (cache token, or chunk token) at

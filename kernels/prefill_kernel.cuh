@@ -145,6 +145,8 @@ struct Geometry {
   static constexpr int kTileSegments = kTile * kSegmentsPerRow;   // per side
   static constexpr int kJobs = (2 * kTileSegments + kThreads - 1) / kThreads;  // coded loader jobs per thread
   static_assert(kTileSegments % kWarpSize == 0, "a side's jobs are whole warps");
+  static_assert(kSegmentsPerRow % prefill_fragments::kJobSegments == 0 && kTile % prefill_fragments::kJobTokens == 0,
+                "segment_of: whole job groups");
   static constexpr int kVectorsPerRow = HeadDim / kElementsPerVector;
   static constexpr int kDenseVectors = kTile * kVectorsPerRow / kThreads;  // per side and thread
   static_assert(kTile * kVectorsPerRow % kThreads == 0 && kDenseVectors > 0, "whole dense vectors per thread");
@@ -299,21 +301,6 @@ __device__ __forceinline__ float load_scale(const uint8_t* plane, int row, NormS
   return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(plane) + row)));
 }
 
-// Segment s of a tile side -> (token, c): 8 consecutive jobs (the lanes of one 16-byte store
-// wavefront) take 4 consecutive tokens x 2 consecutive segments, so that their fp16 stores (rows
-// kStride halves = 16 bytes past a multiple of 128 apart, segments 64 bytes apart) fill the 32 banks
-// once (token, segment (c / 2) * 2 + 1 and token + 1 ... land on distinct 16-byte slots), and their
-// code loads are whole 32-byte sectors. Groups of 8 walk the tile's tokens first, then segment pairs.
-template <int HeadDim>
-__device__ __forceinline__ void segment_of(int s, int* token, int* c) {
-  constexpr int kTokensPerGroup = 4, kSegmentsPerGroup = 2;
-  constexpr int kGroupsPerPair = kTile / kTokensPerGroup;  // groups covering one segment pair of every token
-  static_assert(Geometry<HeadDim>::kSegmentsPerRow % kSegmentsPerGroup == 0, "whole segment pairs per row");
-  const int group = s / (kTokensPerGroup * kSegmentsPerGroup), in = s % (kTokensPerGroup * kSegmentsPerGroup);
-  *token = (group % kGroupsPerPair) * kTokensPerGroup + in % kTokensPerGroup;
-  *c = (group / kGroupsPerPair) * kSegmentsPerGroup + in / kTokensPerGroup;
-}
-
 // ---- the CTA's view of its work ----------------------------------------------------------------------
 
 struct Work {
@@ -344,7 +331,7 @@ struct CodedSource {
 
   // Job jj of this thread: job = threadIdx.x + jj * G::kThreads; K segment `job` or V segment
   // `job - kTileSegments`; segment s = token `token` of the tile, coordinates [32 c, 32 c + 32)
-  // (segment_of).
+  // (prefill_fragments::segment_of).
   __device__ __forceinline__ void load(const PrefillParams& p, const Work& w, int tile_t0) {
     t0 = tile_t0;
     const int64_t capacity_pages = p.max_pages_per_seq;
@@ -354,7 +341,7 @@ struct CodedSource {
       const bool value = job >= G::kTileSegments;
       const int s = value ? job - G::kTileSegments : job;
       int token, c;
-      segment_of<HeadDim>(s, &token, &c);
+      prefill_fragments::segment_of(s, kTile, &token, &c);
       token += t0;
       if (job >= 2 * G::kTileSegments) {  // no such job (head_dim 64): nothing to load
         ok[jj] = false;
@@ -396,7 +383,7 @@ struct CodedSource {
       const bool value = job >= G::kTileSegments;
       const int s = value ? job - G::kTileSegments : job;
       int token, c;
-      segment_of<HeadDim>(s, &token, &c);
+      prefill_fragments::segment_of(s, kTile, &token, &c);
       all_ok = all_ok && ok[jj];
       uint32_t h[kSegmentCoords / 2];
       if (value) {

@@ -768,17 +768,19 @@ TEST(CpuPrefill, FragmentMaps) {
 // tile_unmasked() says so, else masks with row_bounds(); every row must see each attended key
 // exactly once and nothing else.
 TEST(CpuPrefill, KeyRanges) {
-  constexpr int kTile = 32, kRows = 64;
+  constexpr int kTile = 32;  // cuda::kPrefillTileTokens
   std::mt19937 rng(5);
-  for (int trial = 0; trial < 400; ++trial) {
-    const bool fresh = trial % 2 == 0;
+  for (int trial = 0; trial < 800; ++trial) {
+    const int kRows = trial % 2 == 0 ? 128 : 64;  // cuda::kPrefillRowsPerCta (128), and the round-1 CTAs
+    const bool fresh = trial % 4 < 2;
     const int n = 1 + static_cast<int>(rng() % 150);
     const int group = 1 + static_cast<int>(rng() % 5);
     const int prefix = static_cast<int>(rng() % 400) * (trial % 7 == 0 ? 0 : 1);
     const int window = trial % 3 == 0 ? 0 : 1 + static_cast<int>(rng() % 90);
     const int splits = 1 + static_cast<int>(rng() % 9);
     const int len = fresh ? prefix : prefix + n;  // cached tokens
-    SCOPED_TRACE("fresh=" + std::to_string(fresh) + " n=" + std::to_string(n) + " group=" + std::to_string(group) +
+    SCOPED_TRACE("rows=" + std::to_string(kRows) + " fresh=" + std::to_string(fresh) + " n=" + std::to_string(n) +
+                 " group=" + std::to_string(group) +
                  " prefix=" + std::to_string(prefix) + " window=" + std::to_string(window) +
                  " splits=" + std::to_string(splits));
     const int total_rows = n * group;
@@ -829,3 +831,35 @@ TEST(CpuPrefill, KeyRanges) {
 }
 
 }  // namespace
+
+// The dequantiser's job map: every (token, segment) of a tile side exactly once, and the 8 lanes of
+// each 16-byte store wavefront on 8 distinct 16-byte bank slots for each of a job's four stores
+// (rows of head_dim + 8 halves, segments of 32 halves), at every head_dim.
+TEST(CpuPrefill, SegmentMap) {
+  constexpr int kTile = 32, kSegmentCoords = 32, kLanesPerWavefront = 8, kStoreBytes = 16, kBankBytes = 128;
+  for (int head_dim : {64, 128, 256}) {
+    SCOPED_TRACE("head_dim " + std::to_string(head_dim));
+    const int segments = head_dim / kSegmentCoords, jobs = kTile * segments;
+    const int row_bytes = (head_dim + 8) * 2, segment_bytes = kSegmentCoords * 2;
+    std::vector<int> hits(static_cast<size_t>(jobs), 0);
+    for (int s = 0; s < jobs; ++s) {
+      int token = -1, c = -1;
+      frag::segment_of(s, kTile, &token, &c);
+      ASSERT_TRUE(token >= 0 && token < kTile && c >= 0 && c < segments) << s;
+      ++hits[static_cast<size_t>(token * segments + c)];
+    }
+    for (int h : hits) ASSERT_EQ(h, 1);
+    for (int first = 0; first < jobs; first += kLanesPerWavefront)
+      for (int store = 0; store < segment_bytes / kStoreBytes; ++store) {
+        std::vector<int> slots;
+        for (int s = first; s < first + kLanesPerWavefront; ++s) {
+          int token = 0, c = 0;
+          frag::segment_of(s, kTile, &token, &c);
+          slots.push_back((token * row_bytes + c * segment_bytes + store * kStoreBytes) % kBankBytes / kStoreBytes);
+        }
+        std::sort(slots.begin(), slots.end());
+        EXPECT_TRUE(std::adjacent_find(slots.begin(), slots.end()) == slots.end())
+            << "jobs " << first << ".." << first + kLanesPerWavefront - 1 << ", store " << store << ": bank conflict";
+      }
+  }
+}
