@@ -463,8 +463,8 @@ struct ChunkSource {
 };
 
 // Stores the kRows query rows of the CTA into q_s (fp16, normalised by each row's largest coordinate;
-// rotated with the key signs when `rotate`) and factor[r] = largest * softmax_scale (0 for rows
-// past the sequence).
+// rotated with the key signs when `rotate`) and factor[r] = largest * softmax_scale * log2(e), the
+// logit factor in log2 units (0 for rows past the sequence).
 template <int HeadDim, DType QType>
 __device__ __forceinline__ void load_queries(const PrefillParams& p, const Work& w, bool rotate, __half* q_s,
                                              float* factor) {
