@@ -50,6 +50,7 @@
 #include "turboquant/device/common.cuh"
 #include "turboquant/device/mma.cuh"
 #include "turboquant/device/rht.cuh"
+#include "turboquant/device/wgmma.cuh"
 #include "turboquant/numeric.hpp"
 #include "turboquant/rht.hpp"
 #include "turboquant/signs.hpp"
@@ -155,8 +156,11 @@ struct Geometry {
   // each); Q [kRows][kStride] fp16; two buffers (tile parity) of K [kTile][kStride] and V
   // [kTile][kStride] fp16; two buffers of the tile's key scales, value scales (fp32) and token
   // flags (int) [kTile]; the row factors [kRows] fp32.
+  // Each tile starts 1024-byte aligned (the swizzle period of the wgmma layout).
   static constexpr size_t kQBytes = sizeof(__half) * kRows * kStride;
-  static constexpr size_t kTileBytes = sizeof(__half) * kTile * kStride;
+  static constexpr size_t kTileBytes =
+      (sizeof(__half) * kTile * kStride + device::kSwizzleGroupBytes - 1) / device::kSwizzleGroupBytes *
+      device::kSwizzleGroupBytes;
   static constexpr size_t kQOffset = 2 * kTableBytes;
   static constexpr size_t kKOffset = kQOffset + kQBytes;
   static constexpr size_t kVOffset = kKOffset + 2 * kTileBytes;
@@ -165,9 +169,12 @@ struct Geometry {
   static constexpr size_t kTokenOkOffset = kValueScaleOffset + 2 * sizeof(float) * kTile;
   static constexpr size_t kFactorOffset = kTokenOkOffset + 2 * sizeof(int) * kTile;
   static constexpr size_t kSmemBytes = kFactorOffset + sizeof(float) * kRows;
-  static_assert(kQOffset % 16 == 0 && kKOffset % 16 == 0 && kVOffset % 16 == 0 && kTileBytes % 16 == 0 &&
+  static_assert(kQOffset % device::kSwizzleGroupBytes == 0 && kKOffset % device::kSwizzleGroupBytes == 0 &&
+                    kVOffset % device::kSwizzleGroupBytes == 0 && kTileBytes % device::kSwizzleGroupBytes == 0 &&
                     kKeyScaleOffset % 16 == 0,
-                "16-byte stores and ldmatrix rows");
+                "tiles 1024-byte aligned (swizzle period), 16-byte stores and ldmatrix rows");
+  static_assert(kQBytes >= sizeof(__half) * kRows * HeadDim && kTileBytes >= sizeof(__half) * kTile * HeadDim,
+                "the swizzled (unpadded) tiles fit the padded regions");
 };
 
 // One buffer of dequantised tiles (shared memory) and the code tables.
@@ -193,6 +200,31 @@ __device__ __forceinline__ Tiles tiles_of(uint8_t* smem, int buffer) {
   t.key_table = smem;
   t.value_table = smem + kTableBytes;
   return t;
+}
+
+// Where 16-byte chunk `chunk` (halves [8 chunk, 8 chunk + 8)) of row `row` of a shared tile of
+// `rows` rows (Q, K or V) sits, in bytes: the wgmma path (kWgmma: sm_90a builds) reads the tiles as
+// 128-byte swizzled operands (turboquant/device/wgmma.cuh), the mma.sync path by ldmatrix from rows
+// of kStride halves.
+inline constexpr bool kWgmma = TQ_HAS_WGMMA != 0;
+
+template <int HeadDim>
+__device__ __forceinline__ uint4* tile_chunk(void* tile, int rows, int row, int chunk) {
+  int offset;
+  if constexpr (kWgmma) {
+    offset = device::swizzled_chunk_offset(rows, row, chunk);
+  } else {
+    offset = row * Geometry<HeadDim>::kStride * kElementBytes + chunk * device::kVectorBytes;
+  }
+  return reinterpret_cast<uint4*>(static_cast<uint8_t*>(tile) + offset);
+}
+
+// After a thread's shared stores of operand tiles, before the barrier that publishes them: the
+// wgmma path reads them through the async proxy.
+__device__ __forceinline__ void publish_tiles() {
+#if TQ_HAS_WGMMA
+  device::fence_proxy_async_shared();
+#endif
 }
 
 // ---- small device helpers ----------------------------------------------------------------------------
@@ -395,10 +427,11 @@ struct CodedSource {
         (value ? t.value_scale : t.key_scale)[token] = ok[jj] ? scale[jj] : 0.0f;
         if (!value) t.token_ok[token] = ok[jj] ? 1 : 0;
       }
-      uint4* dst = reinterpret_cast<uint4*>((value ? t.v : t.k) + token * G::kStride + c * kSegmentCoords);
+      constexpr int kChunks = kSegmentCoords / kElementsPerVector;
 #pragma unroll
-      for (int i = 0; i < kSegmentCoords / kElementsPerVector; ++i)
-        dst[i] = make_uint4(h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]);
+      for (int i = 0; i < kChunks; ++i)
+        *tile_chunk<HeadDim>(value ? t.v : t.k, kTile, token, c * kChunks + i) =
+            make_uint4(h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]);
     }
     return all_ok;
   }
@@ -451,8 +484,8 @@ struct ChunkSource {
       const int v = threadIdx.x + jj * G::kThreads;
       const int token = v / G::kVectorsPerRow, c = v % G::kVectorsPerRow;
       all_ok = all_ok && ok[jj];
-      *reinterpret_cast<uint4*>(t.k + token * G::kStride + c * kElementsPerVector) = to_half(key[jj]);
-      *reinterpret_cast<uint4*>(t.v + token * G::kStride + c * kElementsPerVector) = to_half(value[jj]);
+      *tile_chunk<HeadDim>(t.k, kTile, token, c) = to_half(key[jj]);
+      *tile_chunk<HeadDim>(t.v, kTile, token, c) = to_half(value[jj]);
       if (c == 0) {
         t.key_scale[token] = t.value_scale[token] = ok[jj] ? 1.0f : 0.0f;
         t.token_ok[token] = ok[jj] ? 1 : 0;
@@ -524,7 +557,7 @@ __device__ __forceinline__ void load_queries(const PrefillParams& p, const Work&
       uint32_t h[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) h[i] = half2_bits(x[u][2 * i] * inverse, x[u][2 * i + 1] * inverse);
-      *reinterpret_cast<uint4*>(q_s + r * G::kStride + c * device::kChunk) = make_uint4(h[0], h[1], h[2], h[3]);
+      *tile_chunk<HeadDim>(q_s, kRows, r, c) = make_uint4(h[0], h[1], h[2], h[3]);
     }
     if (l == 0) factor[r] = valid ? largest * p.softmax_scale * kLog2e : 0.0f;  // logits in log2 units
   }
@@ -535,6 +568,101 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+// S = Q K^T for the warp's 16 rows and the tile's 32 tokens: s[nt][e] = row g + 8 (e / 2), token
+// 8 nt + 2 q + e % 2. wgmma: one m64n32k16 per k-step for the warp's warpgroup (64 rows), A = Q and
+// B = K from the swizzled tiles, then a wait for every product in flight (the previous tile's P'.V
+// included); mma.sync: ldmatrix fragments of the padded tiles.
+template <int HeadDim>
+__device__ __forceinline__ void qk_tile(float (&s)[kSTiles][4], const __half* q_s, const __half* k, int warp,
+                                        int lane) {
+  using G = Geometry<HeadDim>;
+#pragma unroll
+  for (int nt = 0; nt < kSTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#if TQ_HAS_WGMMA
+  (void)lane;
+  constexpr int kStepsPerAtom = device::kSwizzleAtomElements / kMmaK;
+  constexpr int kStepBytes = kMmaK * kElementBytes;
+  const uint32_t q_rows = device::shared_address(q_s) + (warp / 4) * 4 * kMmaM * device::kSwizzleBytes;
+  const uint32_t k_rows = device::shared_address(k);
+  device::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < G::kKSteps; ++kk) {
+    const uint32_t step = (kk % kStepsPerAtom) * kStepBytes;
+    const uint32_t atom = kk / kStepsPerAtom;
+    device::wgmma_m64n32k16_ss(s, device::k_major_descriptor(q_rows + atom * kRows * device::kSwizzleBytes + step),
+                               device::k_major_descriptor(k_rows + atom * kTile * device::kSwizzleBytes + step),
+                               kk > 0);
+  }
+  device::wgmma_commit();
+  device::wgmma_wait_all();
+  device::wgmma_pin(s);
+#else
+#pragma unroll
+  for (int kk = 0; kk < G::kKSteps; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, q_s + prefill_fragments::q_offset(lane, warp, kk, G::kStride));
+#pragma unroll
+    for (int np = 0; np < kSTiles / 2; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, k + prefill_fragments::k_offset(lane, np, kk, G::kStride));
+      device::mma_f16_m16n8k16(s[2 * np], a, b[0], b[1]);
+      device::mma_f16_m16n8k16(s[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+#endif
+}
+
+// O += P' V: acc[nd][e] = row g + 8 (e / 2), coordinate 8 nd + 2 q + e % 2; pa[j] = the A fragment
+// of tokens [16 j, 16 j + 16). wgmma: one m64n64k16 per k-step and 64 coordinates, B = V from the
+// swizzled tile (MN-major), committed and not waited for (qk_tile and pv_wait wait); mma.sync:
+// ldmatrix.trans fragments of the padded tile.
+template <int HeadDim>
+__device__ __forceinline__ void pv_tile(float (&acc)[Geometry<HeadDim>::kDTiles][4], const uint32_t (&pa)[kPVSteps][4],
+                                        const __half* v, int lane) {
+  using G = Geometry<HeadDim>;
+#if TQ_HAS_WGMMA
+  (void)lane;
+  constexpr int kBlocks = HeadDim / device::kSwizzleAtomElements;  // 64-coordinate blocks
+  constexpr int kTilesPerBlock = device::kSwizzleAtomElements / kMmaN;
+  const uint32_t v_rows = device::shared_address(v);
+  device::wgmma_fence();
+#pragma unroll
+  for (int j = 0; j < kPVSteps; ++j)
+#pragma unroll
+    for (int b = 0; b < kBlocks; ++b)
+      device::wgmma_m64n64k16_rs_mn(
+          *reinterpret_cast<float(*)[kTilesPerBlock][4]>(&acc[b * kTilesPerBlock]), pa[j],
+          device::mn_major_descriptor(v_rows + (b * kTile + j * kMmaK) * device::kSwizzleBytes), true);
+  device::wgmma_commit();
+#ifdef TQ_PV_SYNC
+  device::wgmma_wait_all();
+  device::wgmma_pin(acc);
+#endif
+#else
+#pragma unroll
+  for (int j = 0; j < kPVSteps; ++j)
+#pragma unroll
+    for (int np = 0; np < G::kDTiles / 2; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, v + prefill_fragments::v_offset(lane, j, np, G::kStride));
+      device::mma_f16_m16n8k16(acc[2 * np], pa[j], b[0], b[1]);
+      device::mma_f16_m16n8k16(acc[2 * np + 1], pa[j], b[2], b[3]);
+    }
+#endif
+}
+
+// Before the accumulators are read or written (rescale, partials): the last pv_tile's products are
+// complete (qk_tile has waited already inside the loop; the wait is then immediate).
+template <int N>
+__device__ __forceinline__ void pv_wait(float (&acc)[N][4]) {
+#if TQ_HAS_WGMMA
+  device::wgmma_wait_all();
+  device::wgmma_pin(acc);
+#else
+  (void)acc;
+#endif
 }
 
 // The attention of one CTA over the tiles [tile_begin, tile_end) of `Source`. The K / V tiles are
@@ -571,12 +699,15 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
   const auto advance = [&](int tile) {
     bool mine_ok = true;
     if (tile + 1 < tile_end) mine_ok = src.store(tiles_of<HeadDim>(smem, (tile + 1 - tile_begin) & 1));
+    publish_tiles();
     const bool next_ok = __syncthreads_and(mine_ok) != 0;
     if (tile + 2 < tile_end) src.load(p, w, (tile + 2) * kTile);
     return next_ok;
   };
   src.load(p, w, tile_begin * kTile);
-  bool all_ok = __syncthreads_and(src.store(tiles_of<HeadDim>(smem, 0))) != 0;
+  const bool first_ok = src.store(tiles_of<HeadDim>(smem, 0));
+  publish_tiles();
+  bool all_ok = __syncthreads_and(first_ok) != 0;
   if (tile_begin + 1 < tile_end) src.load(p, w, (tile_begin + 1) * kTile);
 #pragma unroll 1
   for (int tile = tile_begin; tile < tile_end; ++tile) {
@@ -585,22 +716,10 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
     const int first_pos = w.key_base + tile * kTile;
     const bool full = prefill_fragments::tile_unmasked(all_ok, first_pos, kTile, w.pos_min, w.pos_max, window);
 
-    // S = Q K^T.
+    // S = Q K^T (waits for the previous tile's P'.V too: the accumulators are free after it).
     float s[kSTiles][4];
-#pragma unroll
-    for (int nt = 0; nt < kSTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < G::kKSteps; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, q_s + prefill_fragments::q_offset(lane, warp, kk, G::kStride));
-#pragma unroll
-      for (int np = 0; np < kSTiles / 2; ++np) {
-        uint32_t b[4];
-        ldmatrix_x4(b, t.k + prefill_fragments::k_offset(lane, np, kk, G::kStride));
-        device::mma_f16_m16n8k16(s[2 * np], a, b[0], b[1]);
-        device::mma_f16_m16n8k16(s[2 * np + 1], a, b[2], b[3]);
-      }
-    }
+    qk_tile<HeadDim>(s, q_s, t.k, warp, lane);
+    pv_wait(acc);
 
     // Logits in log2 units (the row factor carries log2(e)); element e of n-tile nt: row rr = e / 2,
     // token 8 nt + 2 q + e % 2 of the tile.
@@ -680,19 +799,12 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
       pa[nt / 2][2 * (nt % 2) + 1] = half2_bits(pr[2] * value_scale.x, pr[3] * value_scale.y);
     }
 
-    // O += P' V.
-#pragma unroll
-    for (int j = 0; j < kPVSteps; ++j)
-#pragma unroll
-      for (int np = 0; np < G::kDTiles / 2; ++np) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, t.v + prefill_fragments::v_offset(lane, j, np, G::kStride));
-        device::mma_f16_m16n8k16(acc[2 * np], pa[j], b[0], b[1]);
-        device::mma_f16_m16n8k16(acc[2 * np + 1], pa[j], b[2], b[3]);
-      }
+    // O += P' V (in flight on the wgmma path while the next tile is dequantised).
+    pv_tile<HeadDim>(acc, pa, t.v, lane);
 
     all_ok = advance(tile);
   }
+  pv_wait(acc);
 
   // Partials: row (token q0 + i, head kv * group + hg), coordinates 8 nd + 2 q + {0, 1}.
 #pragma unroll
@@ -720,7 +832,7 @@ template <int HeadDim, int KeyBits, int ValueBits, DType QType>
 __global__ void __launch_bounds__(Geometry<HeadDim>::kThreads, kMinCtasPerSm<HeadDim>)
     prefill_attention_kernel(const __grid_constant__ PrefillParams p) {
   using G = Geometry<HeadDim>;
-  extern __shared__ __align__(16) uint8_t smem[];
+  extern __shared__ __align__(1024) uint8_t smem[];  // tiles: 1024-byte aligned (Geometry)
   auto* factor_s = reinterpret_cast<float*>(smem + G::kFactorOffset);
 
   Work w;
@@ -766,6 +878,7 @@ __global__ void __launch_bounds__(Geometry<HeadDim>::kThreads, kMinCtasPerSm<Hea
     build_code_table<ValueBits, G::kThreads>(smem + kTableBytes, p.value_levels);
   }
   load_queries<HeadDim, QType>(p, w, !w.chunk, reinterpret_cast<__half*>(smem + G::kQOffset), factor_s);
+  publish_tiles();
   __syncthreads();
   if (w.chunk) {
     ChunkSource<HeadDim, QType> src;

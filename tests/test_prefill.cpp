@@ -20,6 +20,7 @@
 #include "turboquant/cpu/codec.hpp"
 #include "turboquant/cpu/prefill.hpp"
 #include "prefill_fragments.hpp"  // kernels/: the CUDA kernel's index maps (plain C++)
+#include "turboquant/device/swizzle.hpp"
 
 namespace {
 
@@ -860,6 +861,50 @@ TEST(CpuPrefill, SegmentMap) {
         std::sort(slots.begin(), slots.end());
         EXPECT_TRUE(std::adjacent_find(slots.begin(), slots.end()) == slots.end())
             << "jobs " << first << ".." << first + kLanesPerWavefront - 1 << ", store " << store << ": bank conflict";
+      }
+  }
+}
+
+// The 128-byte swizzled tiles of the wgmma path (turboquant/device/swizzle.hpp): a bijection of
+// (row, chunk) onto the tile's 16-byte slots; each 1024-byte group holds 8 whole rows of one atom
+// with chunk c of row r at slot c ^ (r % 8) (what the hardware's 128B swizzle expects of a
+// 1024-byte aligned tile); and the dequantiser's store wavefronts (segment_of) and the query rows'
+// stores conflict-free on it, as on the padded rows.
+TEST(CpuPrefill, SwizzledTiles) {
+  constexpr int kSegmentCoords = 32, kChunkBytes = 16, kLanesPerWavefront = 8, kBankBytes = 128;
+  for (int head_dim : {64, 128, 256}) {
+    for (int rows : {32, 128}) {
+      SCOPED_TRACE("head_dim " + std::to_string(head_dim) + ", rows " + std::to_string(rows));
+      const int chunks = head_dim / 8, slots = rows * chunks;
+      std::vector<int> hits(static_cast<size_t>(slots), 0);
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < chunks; ++c) {
+          const int offset = turboquant::device::swizzled_chunk_offset(rows, r, c);
+          ASSERT_EQ(offset % kChunkBytes, 0);
+          ASSERT_TRUE(offset >= 0 && offset < slots * kChunkBytes) << r << " " << c;
+          ++hits[static_cast<size_t>(offset / kChunkBytes)];
+          // Address bits 7-9 are the row within its group of 8, bits 4-6 the swizzled chunk.
+          EXPECT_EQ(offset / 128 % 8, r % 8);
+          EXPECT_EQ(offset / 16 % 8, (c % 8) ^ (r % 8));
+          EXPECT_EQ(offset / (rows * 128), c / 8);
+        }
+      for (int h : hits) ASSERT_EQ(h, 1);
+    }
+    // Dequantiser stores into a 32-token tile: 8 lanes of a wavefront on distinct bank slots.
+    constexpr int kTile = 32;
+    const int segments = head_dim / kSegmentCoords, jobs = kTile * segments;
+    for (int first = 0; first < jobs; first += kLanesPerWavefront)
+      for (int store = 0; store < kSegmentCoords / 8; ++store) {
+        std::vector<int> banks;
+        for (int s = first; s < first + kLanesPerWavefront; ++s) {
+          int token = 0, c = 0;
+          frag::segment_of(s, kTile, &token, &c);
+          banks.push_back(turboquant::device::swizzled_chunk_offset(kTile, token, c * 4 + store) % kBankBytes /
+                          kChunkBytes);
+        }
+        std::sort(banks.begin(), banks.end());
+        EXPECT_TRUE(std::adjacent_find(banks.begin(), banks.end()) == banks.end())
+            << "head_dim " << head_dim << ", jobs " << first << ": bank conflict";
       }
   }
 }
