@@ -359,29 +359,36 @@ struct CodedSource {
   uint32_t words[G::kJobs][kMaxSegmentWords];
   float scale[G::kJobs];
   bool ok[G::kJobs];
-  int t0;
 
   // Job jj of this thread: job = threadIdx.x + jj * G::kThreads; K segment `job` or V segment
   // `job - kTileSegments`; segment s = token `token` of the tile, coordinates [32 c, 32 c + 32)
-  // (prefill_fragments::segment_of).
+  // (prefill_fragments::segment_of). False past the last job (head_dim 64: more threads than jobs;
+  // warp-uniform).
+  struct Job {
+    bool value;
+    int token, c;
+  };
+  __device__ static __forceinline__ bool job_of(int jj, Job& j) {
+    const int job = threadIdx.x + jj * G::kThreads;
+    if (job >= 2 * G::kTileSegments) return false;
+    j.value = job >= G::kTileSegments;
+    prefill_fragments::segment_of(j.value ? job - G::kTileSegments : job, kTile, &j.token, &j.c);
+    return true;
+  }
+
+  // Issues the code and scale loads of the tile starting at source token tile_t0 (each after its
+  // block-table entry).
   __device__ __forceinline__ void load(const PrefillParams& p, const Work& w, int tile_t0) {
-    t0 = tile_t0;
-    const int64_t capacity_pages = p.max_pages_per_seq;
 #pragma unroll
     for (int jj = 0; jj < G::kJobs; ++jj) {
-      const int job = threadIdx.x + jj * G::kThreads;
-      const bool value = job >= G::kTileSegments;
-      const int s = value ? job - G::kTileSegments : job;
-      int token, c;
-      prefill_fragments::segment_of(s, kTile, &token, &c);
-      token += t0;
-      if (job >= 2 * G::kTileSegments) {  // no such job (head_dim 64): nothing to load
+      Job j;
+      if (!job_of(jj, j)) {
         ok[jj] = false;
         break;
       }
-      const int slot = token / p.page_size;
+      const int token = tile_t0 + j.token, slot = token / p.page_size;
       int page = -1;
-      if (token < w.kv_len && slot < capacity_pages)
+      if (token < w.kv_len && slot < p.max_pages_per_seq)
         page = __ldg(p.block_table + static_cast<int64_t>(w.seq) * p.max_pages_per_seq + slot);
       ok[jj] = page >= 0 && page < p.num_pages;
 #pragma unroll
@@ -390,13 +397,13 @@ struct CodedSource {
       if (!ok[jj]) continue;
       const int row = token - slot * p.page_size;
       const uint8_t* head = p.pages + page * p.page_bytes + w.kv * p.head_bytes;
-      if (value) {
+      if (j.value) {
         load_words<ValueBits, kValueSegAlign>(
-            head + p.value_codes_offset + static_cast<int64_t>(row) * kValueRowBytes + c * 4 * ValueBits, words[jj]);
+            head + p.value_codes_offset + static_cast<int64_t>(row) * kValueRowBytes + j.c * 4 * ValueBits, words[jj]);
         scale[jj] = load_scale(head + p.value_scales_offset, row, p.value_norm);
       } else {
         load_words<KeyBits, kKeySegAlign>(
-            head + p.key_codes_offset + static_cast<int64_t>(row) * kKeyRowBytes + c * 4 * KeyBits, words[jj]);
+            head + p.key_codes_offset + static_cast<int64_t>(row) * kKeyRowBytes + j.c * 4 * KeyBits, words[jj]);
         scale[jj] = load_scale(head + p.key_scales_offset, row, p.key_norm);
       }
     }
@@ -410,12 +417,10 @@ struct CodedSource {
     bool all_ok = true;
 #pragma unroll
     for (int jj = 0; jj < G::kJobs; ++jj) {
-      const int job = threadIdx.x + jj * G::kThreads;
-      if (job >= 2 * G::kTileSegments) break;  // warp-uniform: more threads than jobs (head_dim 64)
-      const bool value = job >= G::kTileSegments;
-      const int s = value ? job - G::kTileSegments : job;
-      int token, c;
-      prefill_fragments::segment_of(s, kTile, &token, &c);
+      Job j;
+      if (!job_of(jj, j)) break;
+      const bool value = j.value;
+      const int token = j.token, c = j.c;
       all_ok = all_ok && ok[jj];
       uint32_t h[kSegmentCoords / 2];
       if (value) {
@@ -572,8 +577,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 
 // S = Q K^T for the warp's 16 rows and the tile's 32 tokens: s[nt][e] = row g + 8 (e / 2), token
 // 8 nt + 2 q + e % 2. wgmma: one m64n32k16 per k-step for the warp's warpgroup (64 rows), A = Q and
-// B = K from the swizzled tiles, then a wait for every product in flight (the previous tile's P'.V
-// included); mma.sync: ldmatrix fragments of the padded tiles.
+// B = K from the swizzled tiles, then a wait; mma.sync: ldmatrix fragments of the padded tiles.
 template <int HeadDim>
 __device__ __forceinline__ void qk_tile(float (&s)[kSTiles][4], const __half* q_s, const __half* k, int warp,
                                         int lane) {
@@ -616,8 +620,9 @@ __device__ __forceinline__ void qk_tile(float (&s)[kSTiles][4], const __half* q_
 
 // O += P' V: acc[nd][e] = row g + 8 (e / 2), coordinate 8 nd + 2 q + e % 2; pa[j] = the A fragment
 // of tokens [16 j, 16 j + 16). wgmma: one m64n64k16 per k-step and 64 coordinates, B = V from the
-// swizzled tile (MN-major), committed and not waited for (qk_tile and pv_wait wait); mma.sync:
-// ldmatrix.trans fragments of the padded tile.
+// swizzled tile (MN-major), waited for at once (left in flight while the next tile is dequantised,
+// the accumulators pinned across that code made ptxas spill ~80 bytes: 6.20 against 5.60 ms,
+// kernels/ATTENTION_NOTES.md section 16); mma.sync: ldmatrix.trans fragments of the padded tile.
 template <int HeadDim>
 __device__ __forceinline__ void pv_tile(float (&acc)[Geometry<HeadDim>::kDTiles][4], const uint32_t (&pa)[kPVSteps][4],
                                         const __half* v, int lane) {
@@ -636,10 +641,8 @@ __device__ __forceinline__ void pv_tile(float (&acc)[Geometry<HeadDim>::kDTiles]
           *reinterpret_cast<float(*)[kTilesPerBlock][4]>(&acc[b * kTilesPerBlock]), pa[j],
           device::mn_major_descriptor(v_rows + (b * kTile + j * kMmaK) * device::kSwizzleBytes), true);
   device::wgmma_commit();
-#ifdef TQ_PV_SYNC
   device::wgmma_wait_all();
   device::wgmma_pin(acc);
-#endif
 #else
 #pragma unroll
   for (int j = 0; j < kPVSteps; ++j)
@@ -650,18 +653,6 @@ __device__ __forceinline__ void pv_tile(float (&acc)[Geometry<HeadDim>::kDTiles]
       device::mma_f16_m16n8k16(acc[2 * np], pa[j], b[0], b[1]);
       device::mma_f16_m16n8k16(acc[2 * np + 1], pa[j], b[2], b[3]);
     }
-#endif
-}
-
-// Before the accumulators are read or written (rescale, partials): the last pv_tile's products are
-// complete (qk_tile has waited already inside the loop; the wait is then immediate).
-template <int N>
-__device__ __forceinline__ void pv_wait(float (&acc)[N][4]) {
-#if TQ_HAS_WGMMA
-  device::wgmma_wait_all();
-  device::wgmma_pin(acc);
-#else
-  (void)acc;
 #endif
 }
 
@@ -716,10 +707,9 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
     const int first_pos = w.key_base + tile * kTile;
     const bool full = prefill_fragments::tile_unmasked(all_ok, first_pos, kTile, w.pos_min, w.pos_max, window);
 
-    // S = Q K^T (waits for the previous tile's P'.V too: the accumulators are free after it).
+    // S = Q K^T.
     float s[kSTiles][4];
     qk_tile<HeadDim>(s, q_s, t.k, warp, lane);
-    pv_wait(acc);
 
     // Logits in log2 units (the row factor carries log2(e)); element e of n-tile nt: row rr = e / 2,
     // token 8 nt + 2 q + e % 2 of the tile.
@@ -804,7 +794,6 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
 
     all_ok = advance(tile);
   }
-  pv_wait(acc);
 
   // Partials: row (token q0 + i, head kv * group + hg), coordinates 8 nd + 2 q + {0, 1}.
 #pragma unroll
