@@ -13,21 +13,26 @@
 //     (f16 | bf16 rows), queries and values as given;
 //   - prologue: the code tables (CodeTable: a byte or six bits of codes -> fp16 level pairs), the
 //     (rotated) queries of the 128 rows, normalised by their largest coordinate (factor = largest *
-//     softmax_scale), fp16 in shared memory [128][HeadDim + 8];
+//     softmax_scale), fp16 in shared memory (a 128-row tile);
 //   - per 32-token tile, from one of two buffers: each thread dequantises one 32-code segment of K or
-//     V it loaded one tile ahead (registers) through the code table into the fp16 rows K [32][HeadDim
-//     + 8], V [32][HeadDim + 8] (levels only) and the token's key / value scale (fp32); each warp
-//     computes
-//       S = Q K^T   HeadDim/16 k-steps x 4 n-tiles of mma.m16n8k16 (A = Q by ldmatrix.x4,
-//                   B = K rows by ldmatrix.x4), logit = S * key_scale * factor (fp32), soft cap,
-//                   causal / window mask only on the tiles that need it, online softmax (log2,
-//                   the accumulators rescaled only when a row's max grows);
-//       O += P' V   2 k-steps x HeadDim/8 n-tiles (A = P' = p * value_scale from the S accumulators
-//                   as fp16, B = V rows by ldmatrix.x4.trans);
-//     then dequantises the next tile into the other buffer: one barrier per tile;
+//     V it loaded one tile ahead (registers) through the code table into the fp16 tiles K [32][HeadDim]
+//     and V [32][HeadDim] (levels only) and the token's key / value scale (fp32); then
+//       S = Q K^T   logit = S * key_scale * factor (fp32), soft cap, causal / window mask only on
+//                   the tiles that need it, online softmax (log2, the accumulators rescaled only
+//                   when a row's max grows);
+//       O += P' V   P' = p * value_scale from the S accumulators as fp16;
+//     then dequantises the next tile into the other buffer: one barrier per tile.
+//   - the products (qk_tile, pv_tile) run on one of two paths, chosen at compile time:
+//       wgmma (sm_90a builds, TQ_HAS_WGMMA): per warpgroup of 4 warps (64 rows), S by
+//         wgmma.m64n32k16 with A = Q and B = K read from shared memory through descriptors, O by
+//         wgmma.m64n64k16 per 64 coordinates with A = P' from registers and B = V (MN-major); the
+//         tiles are stored in the 128-byte swizzled layout (turboquant/device/swizzle.hpp);
+//       mma.sync (every other target): mma.m16n8k16 per warp, A / B fragments by ldmatrix from
+//         rows of HeadDim + 8 halves (16 bytes past a multiple of 128: the 8 row addresses of one
+//         ldmatrix phase fall on distinct bank groups).
+//     Both keep the same register fragments (a warp's 16 rows, mma.m16n8k16 layouts), so the
+//     softmax code is shared;
 //   - epilogue: the unnormalised O, max and sum of each row go to the partials.
-// The +8 halves of a shared row make a row 16 bytes longer than a multiple of 128: the 8 row
-// addresses of one ldmatrix phase fall on distinct bank groups.
 //
 // Combine kernel: one row (token, query head) per VectorLayout<HeadDim>::kLanes lanes: merges the
 // prefix parts by log-sum-exp, applies x = s * H y / sqrt(d) (value signs, device::walsh_hadamard),
