@@ -292,13 +292,7 @@ Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, c
   TQ_RETURN_IF_ERROR(check(a, &sh, &entry, allow_plain, w));
   const int32_t splits = resolve_splits(a, sh);
   const WorkspaceLayout wl = workspace_layout(sh, splits);
-  if (workspace.bytes < wl.total())
-    return make_status(StatusCode::kInvalidArgument, "workspace.bytes = ", workspace.bytes,
-                       " but workspace_bytes(args) = ", wl.total());
-  if (workspace.data == nullptr) return make_status(StatusCode::kInvalidArgument, "workspace.data = null");
-  if (!checks::aligned(workspace.data, kVectorAlignment))
-    return make_status(StatusCode::kMisaligned, "workspace.data = ", workspace.data, ": must be ", kVectorAlignment,
-                       "-byte aligned");
+  TQ_RETURN_IF_ERROR(detail::check_workspace(workspace, wl.total()));
 
   const Format& f = a.format;
   AttentionParams p;

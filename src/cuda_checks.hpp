@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "turboquant/checks.hpp"
+#include "turboquant/cuda/common.hpp"
 #include "turboquant/format.hpp"
 #include "turboquant/layout.hpp"
 #include "turboquant/status.hpp"
@@ -77,6 +78,19 @@ struct AttentionOptions {
     return make_status(StatusCode::kInvalidArgument, "num_splits = ", o.num_splits, ": must be in [0, ", o.max_splits,
                        "] (0 = heuristic)");
   if (o.sm_count <= 0) return make_status(StatusCode::kInvalidArgument, "sm_count = ", o.sm_count, ": must be > 0");
+  return Status::ok();
+}
+
+// A caller-supplied workspace for an op that needs `needed` bytes: large enough, present, aligned
+// for vector access.
+[[nodiscard]] inline Status check_workspace(const Workspace& w, size_t needed) noexcept {
+  if (w.bytes < needed)
+    return make_status(StatusCode::kInvalidArgument, "workspace.bytes = ", w.bytes, " but workspace_bytes(args) = ",
+                       needed);
+  if (w.data == nullptr) return make_status(StatusCode::kInvalidArgument, "workspace.data = null");
+  if (!checks::aligned(w.data, kVectorAlignment))
+    return make_status(StatusCode::kMisaligned, "workspace.data = ", w.data, ": must be ", kVectorAlignment,
+                       "-byte aligned");
   return Status::ok();
 }
 

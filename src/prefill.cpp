@@ -259,13 +259,7 @@ Status prefill_attention(const PrefillAttentionArgs& a, Workspace workspace, cud
   const int32_t splits = resolve_splits(a, sh);
   const int32_t parts = parts_of(sh, splits);
   const WorkspaceLayout wl = workspace_layout(sh, parts);
-  if (workspace.bytes < wl.total())
-    return make_status(StatusCode::kInvalidArgument, "workspace.bytes = ", workspace.bytes,
-                       " but workspace_bytes(args) = ", wl.total());
-  if (workspace.data == nullptr) return make_status(StatusCode::kInvalidArgument, "workspace.data = null");
-  if (!checks::aligned(workspace.data, kVectorAlignment))
-    return make_status(StatusCode::kMisaligned, "workspace.data = ", workspace.data, ": must be ", kVectorAlignment,
-                       "-byte aligned");
+  TQ_RETURN_IF_ERROR(detail::check_workspace(workspace, wl.total()));
 
   const Format& f = a.format;
   PrefillParams p;
