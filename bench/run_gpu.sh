@@ -3,6 +3,8 @@
 # a short summary is printed last. Stages (default: all but sanitize):
 #   bash bench/run_gpu.sh build test bench baseline     # then, in a second call:
 #   bash bench/run_gpu.sh sanitize                        # compute-sanitizer runs of every gpu test
+#   bash bench/run_gpu.sh fallback                        # the mma.sync prefill path (TURBOQUANT_WGMMA=OFF):
+#                                                         # its own build, test_cuda_prefill
 # TQ_BENCH_FILTER narrows the benchmarks (Google Benchmark's --benchmark_filter regex).
 # The FP16 baseline (fp16_baseline.py, torch SDPA) is looked for at $TQ_BASELINE or .gpu/.
 set -uo pipefail
@@ -30,6 +32,17 @@ for stage in "${stages[@]}"; do
       ctest --test-dir "$build" -L gpu -LE sanitizer --output-on-failure > "$out/ctest_gpu.log" 2>&1 || rc=1
       say "gpu tests: $(grep -E 'tests passed|tests failed' "$out/ctest_gpu.log" | tail -1)"
       grep -E '^\s*[0-9]+ - .*\((Failed|SEGFAULT|Timeout|Subprocess)' "$out/ctest_gpu.log" | tee -a "$summary" ;;
+    fallback)
+      # The prefill kernels' mma.sync path, which sm_90a builds do not run on an H100 / H200.
+      fb=${build}-mma
+      if cmake -S . -B "$fb" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+           -DTURBOQUANT_WGMMA=OFF > "$out/build_fallback.log" 2>&1 &&
+         cmake --build "$fb" -j "$(nproc)" --target test_cuda_prefill >> "$out/build_fallback.log" 2>&1; then
+        "$fb/tests/test_cuda_prefill" > "$out/test_prefill_fallback.log" 2>&1 || rc=1
+        say "prefill mma.sync path: $(grep -E 'PASSED|FAILED' "$out/test_prefill_fallback.log" | head -1)"
+      else
+        say "fallback build: FAILED"; rc=1
+      fi ;;
     sanitize)
       ctest --test-dir "$build" -L sanitizer --output-on-failure -j 4 > "$out/ctest_sanitizer.log" 2>&1 || rc=1
       say "sanitizer tests: $(grep -E 'tests passed|tests failed' "$out/ctest_sanitizer.log" | tail -1)"
