@@ -208,19 +208,16 @@ __device__ __forceinline__ Tiles tiles_of(uint8_t* smem, int buffer) {
 }
 
 // Where 16-byte chunk `chunk` (halves [8 chunk, 8 chunk + 8)) of row `row` of a shared tile of
-// `rows` rows (Q, K or V) sits, in bytes: the wgmma path (kWgmma: sm_90a builds) reads the tiles as
-// 128-byte swizzled operands (turboquant/device/wgmma.cuh), the mma.sync path by ldmatrix from rows
-// of kStride halves.
-inline constexpr bool kWgmma = TQ_HAS_WGMMA != 0;
-
+// `rows` rows (Q, K or V) sits, in bytes: the wgmma path (TQ_HAS_WGMMA: sm_90a builds) reads the
+// tiles as 128-byte swizzled operands (turboquant/device/wgmma.cuh), the mma.sync path by ldmatrix
+// from rows of kStride halves.
 template <int HeadDim>
 __device__ __forceinline__ uint4* tile_chunk(void* tile, int rows, int row, int chunk) {
-  int offset;
-  if constexpr (kWgmma) {
-    offset = device::swizzled_chunk_offset(rows, row, chunk);
-  } else {
-    offset = row * Geometry<HeadDim>::kStride * kElementBytes + chunk * device::kVectorBytes;
-  }
+#if TQ_HAS_WGMMA
+  const int offset = device::swizzled_chunk_offset(rows, row, chunk);
+#else
+  const int offset = row * Geometry<HeadDim>::kStride * kElementBytes + chunk * device::kVectorBytes;
+#endif
   return reinterpret_cast<uint4*>(static_cast<uint8_t*>(tile) + offset);
 }
 
@@ -794,7 +791,7 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
       pa[nt / 2][2 * (nt % 2) + 1] = half2_bits(pr[2] * value_scale.x, pr[3] * value_scale.y);
     }
 
-    // O += P' V (in flight on the wgmma path while the next tile is dequantised).
+    // O += P' V.
     pv_tile<HeadDim>(acc, pa, t.v, lane);
 
     all_ok = advance(tile);
