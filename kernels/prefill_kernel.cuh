@@ -22,7 +22,7 @@
 //                   when a row's max grows);
 //       O += P' V   P' = p * value_scale from the S accumulators as fp16;
 //     then dequantises the next tile into the other buffer: one barrier per tile.
-//   - the products (qk_tile, pv_tile) run on one of two paths, chosen at compile time:
+//   - the products (qk_issue / qk_wait, pv_tile) run on one of two paths, chosen at compile time:
 //       wgmma (sm_90a builds, TQ_HAS_WGMMA): per warpgroup of 4 warps (64 rows), S by
 //         wgmma.m64n32k16 with A = Q and B = K read from shared memory through descriptors, O by
 //         wgmma.m64n64k16 per 64 coordinates with A = P' from registers and B = V (MN-major); the
@@ -578,14 +578,14 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 // S = Q K^T for the warp's 16 rows and the tile's 32 tokens: s[nt][e] = row g + 8 (e / 2), token
-// 8 nt + 2 q + e % 2. wgmma: one m64n32k16 per k-step for the warp's warpgroup (64 rows), A = Q and
-// B = K from the swizzled tiles, then a wait; mma.sync: ldmatrix fragments of the padded tiles.
+// 8 nt + 2 q + e % 2. qk_issue starts the product, qk_wait makes s readable; code between them
+// must not touch s (on the wgmma path it is being written). wgmma: one m64n32k16 per k-step for the
+// warp's warpgroup (64 rows), A = Q and B = K from the swizzled tiles, the first k-step write-only
+// (no zero-initialisation); mma.sync: ldmatrix fragments of the padded tiles, computed at once.
 template <int HeadDim>
-__device__ __forceinline__ void qk_tile(float (&s)[kSTiles][4], const __half* q_s, const __half* k, int warp,
-                                        int lane) {
+__device__ __forceinline__ void qk_issue(float (&s)[kSTiles][4], const __half* q_s, const __half* k, int warp,
+                                         int lane) {
   using G = Geometry<HeadDim>;
-#pragma unroll
-  for (int nt = 0; nt < kSTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #if TQ_HAS_WGMMA
   (void)lane;
   constexpr int kStepsPerAtom = device::kSwizzleAtomElements / kMmaK;
@@ -597,14 +597,18 @@ __device__ __forceinline__ void qk_tile(float (&s)[kSTiles][4], const __half* q_
   for (int kk = 0; kk < G::kKSteps; ++kk) {
     const uint32_t step = (kk % kStepsPerAtom) * kStepBytes;
     const uint32_t atom = kk / kStepsPerAtom;
-    device::wgmma_m64n32k16_ss(s, device::k_major_descriptor(q_rows + atom * kRows * device::kSwizzleBytes + step),
-                               device::k_major_descriptor(k_rows + atom * kTile * device::kSwizzleBytes + step),
-                               kk > 0);
+    const uint64_t a = device::k_major_descriptor(q_rows + atom * kRows * device::kSwizzleBytes + step);
+    const uint64_t b = device::k_major_descriptor(k_rows + atom * kTile * device::kSwizzleBytes + step);
+    if (kk == 0) {
+      device::wgmma_m64n32k16_ss_first(s, a, b);
+    } else {
+      device::wgmma_m64n32k16_ss(s, a, b, true);
+    }
   }
   device::wgmma_commit();
-  device::wgmma_wait_all();
-  device::wgmma_pin(s);
 #else
+#pragma unroll
+  for (int nt = 0; nt < kSTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
   for (int kk = 0; kk < G::kKSteps; ++kk) {
     uint32_t a[4];
@@ -617,6 +621,15 @@ __device__ __forceinline__ void qk_tile(float (&s)[kSTiles][4], const __half* q_
       device::mma_f16_m16n8k16(s[2 * np + 1], a, b[2], b[3]);
     }
   }
+#endif
+}
+
+__device__ __forceinline__ void qk_wait(float (&s)[kSTiles][4]) {
+#if TQ_HAS_WGMMA
+  device::wgmma_wait_all();
+  device::wgmma_pin(s);
+#else
+  (void)s;
 #endif
 }
 
@@ -686,17 +699,6 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
   for (int nd = 0; nd < G::kDTiles; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
   float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};
 
-  // After tile `tile`: the next tile into the other buffer (its last readers passed the previous
-  // barrier), the barrier, then the loads of the tile after it. Returns whether every token of the
-  // next tile is valid.
-  const auto advance = [&](int tile) {
-    bool mine_ok = true;
-    if (tile + 1 < tile_end) mine_ok = src.store(tiles_of<HeadDim>(smem, (tile + 1 - tile_begin) & 1));
-    publish_tiles();
-    const bool next_ok = __syncthreads_and(mine_ok) != 0;
-    if (tile + 2 < tile_end) src.load(p, w, (tile + 2) * kTile);
-    return next_ok;
-  };
   src.load(p, w, tile_begin * kTile);
   const bool first_ok = src.store(tiles_of<HeadDim>(smem, 0));
   publish_tiles();
@@ -709,9 +711,13 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
     const int first_pos = w.key_base + tile * kTile;
     const bool full = prefill_fragments::tile_unmasked(all_ok, first_pos, kTile, w.pos_min, w.pos_max, window);
 
-    // S = Q K^T.
+    // S = Q K^T, in flight (wgmma) while this thread dequantises its share of the next tile into the
+    // other buffer (its last readers, the products of the previous tile, passed the last barrier).
     float s[kSTiles][4];
-    qk_tile<HeadDim>(s, q_s, t.k, warp, lane);
+    qk_issue<HeadDim>(s, q_s, t.k, warp, lane);
+    bool next_ok = true;
+    if (tile + 1 < tile_end) next_ok = src.store(tiles_of<HeadDim>(smem, (tile + 1 - tile_begin) & 1));
+    qk_wait(s);
 
     // Logits in log2 units (the row factor carries log2(e)); element e of n-tile nt: row rr = e / 2,
     // token 8 nt + 2 q + e % 2 of the tile.
@@ -794,7 +800,11 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
     // O += P' V.
     pv_tile<HeadDim>(acc, pa, t.v, lane);
 
-    all_ok = advance(tile);
+    // The next tile is published (and this one's buffer free) after the barrier; then the loads of
+    // the tile after it go in flight.
+    publish_tiles();
+    all_ok = __syncthreads_and(next_ok) != 0;
+    if (tile + 2 < tile_end) src.load(p, w, (tile + 2) * kTile);
   }
 
   // Partials: row (token q0 + i, head kv * group + hg), coordinates 8 nd + 2 q + {0, 1}.

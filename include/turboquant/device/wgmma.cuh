@@ -71,6 +71,7 @@ __device__ __forceinline__ void wgmma_pin(float (&d)[N][4]) {
 }
 
 #define TQ_WGMMA_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define TQ_WGMMA_D4_OUT(j) "=f"(d[j][0]), "=f"(d[j][1]), "=f"(d[j][2]), "=f"(d[j][3])
 
 // D[64 x 32] = A B (+ D when `accumulate`): A (64 x 16) and B (16 x 32) f16, K-major in shared
 // memory; fp32 accumulators d[j][e] (n8 block j).
@@ -81,6 +82,16 @@ __device__ __forceinline__ void wgmma_m64n32k16_ss(float (&d)[4][4], uint64_t a,
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
       : TQ_WGMMA_D4(0), TQ_WGMMA_D4(1), TQ_WGMMA_D4(2), TQ_WGMMA_D4(3)
       : "l"(a), "l"(b), "r"(accumulate ? 1 : 0));
+}
+
+// D[64 x 32] = A B with d write-only: its previous contents are no input, so nothing has to set
+// them first (the first k-step of a product).
+__device__ __forceinline__ void wgmma_m64n32k16_ss_first(float (&d)[4][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, 0, 1, 1, 0, 0;\n"
+      : TQ_WGMMA_D4_OUT(0), TQ_WGMMA_D4_OUT(1), TQ_WGMMA_D4_OUT(2), TQ_WGMMA_D4_OUT(3)
+      : "l"(a), "l"(b));
 }
 
 // D[64 x 64] = A B (+ D when `accumulate`): A (64 x 16, f16) from registers (the mma.m16n8k16 A fragment of the warp's 16
@@ -99,6 +110,7 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs_mn(float (&d)[8][4], const ui
 }
 
 #undef TQ_WGMMA_D4
+#undef TQ_WGMMA_D4_OUT
 
 #endif  // TQ_HAS_WGMMA
 
