@@ -388,7 +388,8 @@ struct CodedSource {
         ok[jj] = false;
         break;
       }
-      const int token = tile_t0 + j.token, slot = token / p.page_size;
+      const int token = tile_t0 + j.token;
+      const int slot = p.page_size_log2 >= 0 ? token >> p.page_size_log2 : token / p.page_size;
       int page = -1;
       if (token < w.kv_len && slot < p.max_pages_per_seq)
         page = __ldg(p.block_table + static_cast<int64_t>(w.seq) * p.max_pages_per_seq + slot);
@@ -577,28 +578,34 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// The wgmma descriptors of one tile's operands (sm_90a builds): Q of the warp's warpgroup, K and V of
+// the tile's buffer. Built once per CTA (operands_of) and advanced by constants inside the products,
+// warp-uniform, so they live in uniform registers (building them per k-step from addresses was
+// ~17% of the kernel's instructions).
+struct Operands {
+  uint64_t q = 0, k = 0, v = 0;
+};
+
 // S = Q K^T for the warp's 16 rows and the tile's 32 tokens: s[nt][e] = row g + 8 (e / 2), token
 // 8 nt + 2 q + e % 2. qk_issue starts the product, qk_wait makes s readable; code between them
 // must not touch s (on the wgmma path it is being written). wgmma: one m64n32k16 per k-step for the
 // warp's warpgroup (64 rows), A = Q and B = K from the swizzled tiles, the first k-step write-only
 // (no zero-initialisation); mma.sync: ldmatrix fragments of the padded tiles, computed at once.
 template <int HeadDim>
-__device__ __forceinline__ void qk_issue(float (&s)[kSTiles][4], const __half* q_s, const __half* k, int warp,
-                                         int lane) {
+__device__ __forceinline__ void qk_issue(float (&s)[kSTiles][4], const Operands& o, const __half* q_s, const __half* k,
+                                         int warp, int lane) {
   using G = Geometry<HeadDim>;
 #if TQ_HAS_WGMMA
-  (void)lane;
+  (void)q_s, (void)k, (void)warp, (void)lane;
   constexpr int kStepsPerAtom = device::kSwizzleAtomElements / kMmaK;
   constexpr int kStepBytes = kMmaK * kElementBytes;
-  const uint32_t q_rows = device::shared_address(q_s) + (warp / 4) * 4 * kMmaM * device::kSwizzleBytes;
-  const uint32_t k_rows = device::shared_address(k);
   device::wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < G::kKSteps; ++kk) {
     const uint32_t step = (kk % kStepsPerAtom) * kStepBytes;
     const uint32_t atom = kk / kStepsPerAtom;
-    const uint64_t a = device::k_major_descriptor(q_rows + atom * kRows * device::kSwizzleBytes + step);
-    const uint64_t b = device::k_major_descriptor(k_rows + atom * kTile * device::kSwizzleBytes + step);
+    const uint64_t a = device::descriptor_plus(o.q, atom * kRows * device::kSwizzleBytes + step);
+    const uint64_t b = device::descriptor_plus(o.k, atom * kTile * device::kSwizzleBytes + step);
     if (kk == 0) {
       device::wgmma_m64n32k16_ss_first(s, a, b);
     } else {
@@ -640,21 +647,19 @@ __device__ __forceinline__ void qk_wait(float (&s)[kSTiles][4]) {
 // kernels/ATTENTION_NOTES.md section 16); mma.sync: ldmatrix.trans fragments of the padded tile.
 template <int HeadDim>
 __device__ __forceinline__ void pv_tile(float (&acc)[Geometry<HeadDim>::kDTiles][4], const uint32_t (&pa)[kPVSteps][4],
-                                        const __half* v, int lane) {
+                                        const Operands& o, const __half* v, int lane) {
   using G = Geometry<HeadDim>;
 #if TQ_HAS_WGMMA
-  (void)lane;
+  (void)v, (void)lane;
   constexpr int kBlocks = HeadDim / device::kSwizzleAtomElements;  // 64-coordinate blocks
   constexpr int kTilesPerBlock = device::kSwizzleAtomElements / kMmaN;
-  const uint32_t v_rows = device::shared_address(v);
   device::wgmma_fence();
 #pragma unroll
   for (int j = 0; j < kPVSteps; ++j)
 #pragma unroll
     for (int b = 0; b < kBlocks; ++b)
-      device::wgmma_m64n64k16_rs_mn(
-          *reinterpret_cast<float(*)[kTilesPerBlock][4]>(&acc[b * kTilesPerBlock]), pa[j],
-          device::mn_major_descriptor(v_rows + (b * kTile + j * kMmaK) * device::kSwizzleBytes), true);
+      device::wgmma_m64n64k16_rs_mn(*reinterpret_cast<float(*)[kTilesPerBlock][4]>(&acc[b * kTilesPerBlock]), pa[j],
+                                    device::descriptor_plus(o.v, (b * kTile + j * kMmaK) * device::kSwizzleBytes), true);
   device::wgmma_commit();
   device::wgmma_wait_all();
   device::wgmma_pin(acc);
@@ -699,6 +704,30 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
   for (int nd = 0; nd < G::kDTiles; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
   float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};
 
+  // The operand descriptors of buffer 0 (wgmma); buffer 1 is G::kTileBytes further. The warpgroup
+  // index comes through a shuffle from lane 0, so the compiler knows it (and the descriptors) to be
+  // warp-uniform.
+  Operands base;
+#if TQ_HAS_WGMMA
+  {
+    const int warpgroup = __shfl_sync(kFullWarpMask, warp / 4, 0);
+    const Tiles t0 = tiles_of<HeadDim>(smem, 0);
+    base.q = device::k_major_descriptor(device::shared_address(q_s) + warpgroup * 4 * kMmaM * device::kSwizzleBytes);
+    base.k = device::k_major_descriptor(device::shared_address(t0.k));
+    base.v = device::mn_major_descriptor(device::shared_address(t0.v));
+  }
+#endif
+  const auto operands_of = [&](int buffer) {
+    Operands o = base;
+#if TQ_HAS_WGMMA
+    o.k = device::descriptor_plus(base.k, static_cast<uint32_t>(buffer * G::kTileBytes));
+    o.v = device::descriptor_plus(base.v, static_cast<uint32_t>(buffer * G::kTileBytes));
+#else
+    (void)buffer;
+#endif
+    return o;
+  };
+
   src.load(p, w, tile_begin * kTile);
   const bool first_ok = src.store(tiles_of<HeadDim>(smem, 0));
   publish_tiles();
@@ -706,7 +735,9 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
   if (tile_begin + 1 < tile_end) src.load(p, w, (tile_begin + 1) * kTile);
 #pragma unroll 1
   for (int tile = tile_begin; tile < tile_end; ++tile) {
-    const Tiles t = tiles_of<HeadDim>(smem, (tile - tile_begin) & 1);
+    const int buffer = (tile - tile_begin) & 1;
+    const Tiles t = tiles_of<HeadDim>(smem, buffer);
+    const Operands o = operands_of(buffer);
     // Masking is needed unless every token is valid and inside every row's [lo, hi].
     const int first_pos = w.key_base + tile * kTile;
     const bool full = prefill_fragments::tile_unmasked(all_ok, first_pos, kTile, w.pos_min, w.pos_max, window);
@@ -714,7 +745,7 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
     // S = Q K^T, in flight (wgmma) while this thread dequantises its share of the next tile into the
     // other buffer (its last readers, the products of the previous tile, passed the last barrier).
     float s[kSTiles][4];
-    qk_issue<HeadDim>(s, q_s, t.k, warp, lane);
+    qk_issue<HeadDim>(s, o, q_s, t.k, warp, lane);
     bool next_ok = true;
     if (tile + 1 < tile_end) next_ok = src.store(tiles_of<HeadDim>(smem, (tile + 1 - tile_begin) & 1));
     qk_wait(s);
@@ -727,11 +758,13 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
       for (int nt = 0; nt < kSTiles; ++nt) {
         const float2 key_scale = *reinterpret_cast<const float2*>(t.key_scale + nt * kMmaN + 2 * q);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float z = s[nt][e] * (e % 2 ? key_scale.y : key_scale.x) * factor[e / 2];
-          if (softcap) z = cap * tanhf(z * inverse_cap);
-          s[nt][e] = z;
-        }
+        for (int e = 0; e < 4; ++e) s[nt][e] = s[nt][e] * (e % 2 ? key_scale.y : key_scale.x) * factor[e / 2];
+      }
+      if (softcap) {  // one CTA-uniform branch per tile, not one per element
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[nt][e] = cap * tanhf(s[nt][e] * inverse_cap);
       }
     }
     if (!full) {
@@ -798,7 +831,7 @@ __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, So
     }
 
     // O += P' V.
-    pv_tile<HeadDim>(acc, pa, t.v, lane);
+    pv_tile<HeadDim>(acc, pa, o, t.v, lane);
 
     // The next tile is published (and this one's buffer free) after the barrier; then the loads of
     // the tile after it go in flight.

@@ -56,6 +56,10 @@ __device__ __forceinline__ uint64_t mn_major_descriptor(uint32_t shared_address)
   return swizzle128_descriptor(shared_address, kSwizzleGroupBytes, kSwizzleGroupBytes);
 }
 
+// The descriptor `d` with its start address advanced by `bytes` (a multiple of 16): the address
+// field (bits 0-13, address >> 4) has room for any shared-memory address, so this is one add.
+__device__ __forceinline__ uint64_t descriptor_plus(uint64_t d, uint32_t bytes) { return d + (bytes >> 4); }
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
