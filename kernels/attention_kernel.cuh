@@ -86,7 +86,7 @@ inline constexpr int kPair = 2;
 // K.Q^T tiles: the n extent of one is 4 heads, each as two columns (its query's fp16 hi and lo
 // parts, summed in the lane that holds both); a head tile of more than 4 heads takes two.
 inline constexpr int kHeadsPerQkTile = kMmaN / kPair;
-inline constexpr int kMaxQkTiles = kHeads / kHeadsPerQkTile;
+inline constexpr int kQkTilesPerPvTile = kHeads / kHeadsPerQkTile;
 // Tokens of a chunk a lane scores: rows `group` and 8 + group of the K.Q^T C fragment.
 inline constexpr int kTokenRows = kChunkTokens / kMmaN;
 // Value rows of a chunk a lane reads (the k indices of its P.V A fragment): quad + {0, 4},
@@ -172,9 +172,18 @@ struct RegionCopy {
 // row group + 8) of one token. (Rows four apart rather than two: with the rows unpadded in the
 // stage, the four quads' reads meet in half as many banks; measured 3.5% faster at 32 x 16K than
 // rows two apart in 80-byte padded rows, whose cp.async writes cost 2.3x the wavefronts.)
-template <int HeadDim, int KeyBits, int ValueBits>
+//
+// Slots: a CTA serves kSlots = 8 PvTiles query slots (heads of a GQA group, or in window mode the
+// (token, head) pairs of a window), PvTiles P.V n-tiles of 8 and kQkTiles K.Q^T tiles of 4. One
+// n-tile (PvTiles = 1) is the decode shape; two (16 slots, window mode) dequantise each chunk once
+// for twice the slots, at twice the accumulator registers (one CTA per SM).
+template <int HeadDim, int KeyBits, int ValueBits, int PvTiles = 1>
 struct Shape {
   static_assert(HeadDim % kMmaK == 0, "head_dim must be a multiple of 16");
+  static_assert(PvTiles == 1 || PvTiles == 2, "8 or 16 slots per CTA");
+  static constexpr int kPvTiles = PvTiles;
+  static constexpr int kSlots = kHeads * PvTiles;
+  static constexpr int kQkTiles = kQkTilesPerPvTile * PvTiles;
   static constexpr int kKeyBits = KeyBits;
   static constexpr int kValueBits = ValueBits;
   static constexpr int kKSteps = HeadDim / kMmaK;  // K.Q^T mmas per tile of 4 heads
@@ -210,9 +219,9 @@ struct Shape {
       CodeUnit<KeyBits>::kEntries > CodeUnit<ValueBits>::kEntries ? CodeUnit<KeyBits>::kEntries : CodeUnit<ValueBits>::kEntries;
   static constexpr size_t kTableBytes = size_t{kTableEntries} * kEntryBytes;
   // The query B fragments of every K.Q^T tile and k-step, one 8-byte entry per lane:
-  // [kMaxQkTiles][kKSteps][32] uint2.
-  static constexpr size_t kQueryFragmentBytes = sizeof(uint2) * kMaxQkTiles * kKSteps * kWarpSize;
-  static constexpr size_t kMainBytes = kTableBytes + kQueryFragmentBytes + sizeof(float) * kHeads;
+  // [kQkTiles][kKSteps][32] uint2.
+  static constexpr size_t kQueryFragmentBytes = sizeof(uint2) * kQkTiles * kKSteps * kWarpSize;
+  static constexpr size_t kMainBytes = kTableBytes + kQueryFragmentBytes + sizeof(float) * kSlots;
 
   // The stage ring (after the main bytes): kStages stages per warp, each one chunk as
   // [key rows: 16 x kKeyRowBytes][value rows: 16 x kValueRowBytes][key scales][value scales], scales
@@ -240,8 +249,8 @@ struct Shape {
   __device__ static constexpr int merge_index(int head, int coord) {
     return head * kMergeRowStride + coord + coord / kValueSegmentCoords;
   }
-  static constexpr size_t kMergeOutFloats = size_t{kAttentionWarps} * kHeads * kMergeRowStride;
-  static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kAttentionWarps * kHeads;
+  static constexpr size_t kMergeOutFloats = size_t{kAttentionWarps} * kSlots * kMergeRowStride;
+  static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kAttentionWarps * kSlots;
   static constexpr size_t kSmemBytes = max_size(kRingOffset + kRingBytes, kMergeBytes);
 };
 
@@ -516,11 +525,12 @@ __device__ __forceinline__ uint2 unit_levels(const uint8_t* table, const uint32_
   return *reinterpret_cast<const uint2*>(table + unit_offset<Bits>(w, u, lane_offset));
 }
 
-// The queries: warp v takes local head v (one vector per warp, device::WarpVector, all heads at
-// once: the CTA's other warps wait for them at a barrier, so their latency is what counts). Local
-// head v is slot head0 + v of the tile: query token (head0 + v) / group of the sequence's rows from
-// token_row0 (one token in decode), head kv * group + (head0 + v) % group. load_query issues the
-// loads as early as the row is known (raw f16 / bf16 pairs, zero for v >= heads);
+// The queries: warp w takes local heads w + 8 u of the CTA's slots (one vector per warp and P.V
+// n-tile u, device::WarpVector, all heads at once: the CTA's other warps wait for them at a
+// barrier, so their latency is what counts). Local head v is slot head0 + v of the tile: query token
+// (head0 + v) / group of the sequence's rows from token_row0 (one token in decode), head kv * group
+// + (head0 + v) % group. load_query issues the loads of n-tile u (head0, heads: from its first slot)
+// as early as the row is known (raw f16 / bf16 pairs, zero past the tile's heads);
 // store_query_fragments rotates with the keys' RHT, normalises by the largest coordinate and stores
 // the hi / lo fp16 parts straight into the K.Q^T B fragments `qfrag` (see the split kernel: entry
 // (nt * kKSteps + kk) * 32 + 4 column + quarter holds coordinates quarter * d/4 + 4 kk .. + 3 of
@@ -557,13 +567,13 @@ __device__ __forceinline__ QueryWords<HeadDim> load_query(const AttentionParams&
 }
 
 template <class S, int HeadDim, DType QType>
-__device__ __forceinline__ void store_query_fragments(const AttentionParams& p, const QueryWords<HeadDim>& q,
+__device__ __forceinline__ void store_query_fragments(const AttentionParams& p, const QueryWords<HeadDim>& q, int v,
                                                       uint2* qfrag, float* factor) {
   using V = device::WarpVector<HeadDim>;
   static_assert(V::kCoords % S::kCoordsPerKStep == 0 && S::kKeySegmentCoords % V::kCoords == 0,
                 "a lane's coordinates are whole B-fragment entries of one quarter");
-  const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  if (v >= kHeads) return;  // warp-uniform
+  const int lane = threadIdx.x % kWarpSize;
+  if (threadIdx.x / kWarpSize >= kHeads) return;  // warp-uniform
   const int c0 = V::first(lane);
   const uint32_t signs = V::lane_signs(p.key_signs, lane);
   float x[V::kCoords];
@@ -617,7 +627,7 @@ __device__ __forceinline__ void store_query_fragments(const AttentionParams& p, 
 // odd k-steps accumulate separately (independent mma chains), summed at the end.
 template <class S, int kTiles>
 __device__ __forceinline__ void qk_chunk(const ChunkRegs<S>& r, const uint2* qfrag, const uint8_t* table,
-                                         uint32_t key_offset, float (&s)[kMaxQkTiles][kTokenRows]) {
+                                         uint32_t key_offset, float (&s)[S::kQkTiles][kTokenRows]) {
   constexpr int kChains = 2;
   float c[kChains][kTiles][kAccRegs];
 #pragma unroll
@@ -655,18 +665,20 @@ __device__ __forceinline__ void qk_chunk(const ChunkRegs<S>& r, const uint2* qfr
 
 // The running (max, sum) of local head 4 nt + quad in lane (group, quad): the max is the same in
 // the head's eight lanes, each lane sums its own tokens (added up at the end).
+template <int kQkTiles>
 struct HeadState {
-  float m[kMaxQkTiles];
-  float l[kMaxQkTiles];
+  float m[kQkTiles];
+  float l[kQkTiles];
 };
 
 template <class S, int kTiles>
 __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, int token0,
-                                             const int (&first)[kMaxQkTiles], const int (&len)[kMaxQkTiles], int group,
-                                             int quad, const float (&factor_log2)[kMaxQkTiles], const uint2* qfrag,
+                                             const int (&first)[S::kQkTiles], const int (&len)[S::kQkTiles], int group,
+                                             int quad, const float (&factor_log2)[S::kQkTiles], const uint2* qfrag,
                                              const uint8_t* table, uint32_t key_offset, uint32_t value_offset,
-                                             HeadState& st, float (&acc)[S::kMTiles][kAccRegs]) {
-  float s[kMaxQkTiles][kTokenRows];
+                                             HeadState<S::kQkTiles>& st,
+                                             float (&acc)[S::kPvTiles][S::kMTiles][kAccRegs]) {
+  float s[S::kQkTiles][kTokenRows];
   qk_chunk<S, kTiles>(r, qfrag, table, key_offset, s);
   // Logits in log2 units (factor_log2 = the head's logit factor times log2(e)). The soft cap
   // c * tanh(z / c) is the same map in log2 units with c * log2(e).
@@ -711,25 +723,30 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
       st.l[nt] *= alpha[nt];
       st.m[nt] = m_new;
     }
-    // Accumulator columns 2 quad and 2 quad + 1 are local heads; head v's factor is in the lanes of
-    // quad v % 4, tile v / 4 (one tile: heads 4-7 do not exist, their columns stay 0).
+    // Accumulator columns 2 quad and 2 quad + 1 of P.V n-tile u are local heads 8 u + 2 quad (+1);
+    // head v's factor is in the lanes of quad v % 4, K.Q^T tile v / 4 (one tile: heads 4-7 do not
+    // exist, their columns stay 0).
     const int even = (kPair * quad) % kHeadsPerQkTile, odd = even + 1;
-    float alpha_even = __shfl_sync(kFullWarpMask, alpha[0], even);
-    float alpha_odd = __shfl_sync(kFullWarpMask, alpha[0], odd);
-    if constexpr (kTiles == 2) {
-      const float even1 = __shfl_sync(kFullWarpMask, alpha[1], even);
-      const float odd1 = __shfl_sync(kFullWarpMask, alpha[1], odd);
-      if (kPair * quad >= kHeadsPerQkTile) {
-        alpha_even = even1;
-        alpha_odd = odd1;
-      }
-    }
 #pragma unroll
-    for (int mt = 0; mt < S::kMTiles; ++mt) {
-      acc[mt][0] *= alpha_even;
-      acc[mt][1] *= alpha_odd;
-      acc[mt][2] *= alpha_even;
-      acc[mt][3] *= alpha_odd;
+    for (int u = 0; u < S::kPvTiles; ++u) {
+      const int t0 = kQkTilesPerPvTile * u;  // < kTiles: the walk runs every tile of a wide CTA
+      float alpha_even = __shfl_sync(kFullWarpMask, alpha[t0], even);
+      float alpha_odd = __shfl_sync(kFullWarpMask, alpha[t0], odd);
+      if (t0 + 1 < kTiles) {
+        const float even1 = __shfl_sync(kFullWarpMask, alpha[t0 + 1], even);
+        const float odd1 = __shfl_sync(kFullWarpMask, alpha[t0 + 1], odd);
+        if (kPair * quad >= kHeadsPerQkTile) {
+          alpha_even = even1;
+          alpha_odd = odd1;
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < S::kMTiles; ++mt) {
+        acc[u][mt][0] *= alpha_even;
+        acc[u][mt][1] *= alpha_odd;
+        acc[u][mt][2] *= alpha_even;
+        acc[u][mt][3] *= alpha_odd;
+      }
     }
   }
   // P' = p_t * value_scale_t in fp16: w[nt] = (token group, token 8 + group) of head 4 nt + quad.
@@ -746,24 +763,30 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
     }
     w[nt] = half2_bits(weight[0], weight[1]);
   }
-  // The B fragment of O^T += V^T P' (k = tokens, see Shape; n = local head `group`): tokens
-  // quad + {0, 4} (b0) and 8 + quad + {0, 4} (b1) of head `group` come from lanes (quad, group % 4)
-  // and (quad + 4, group % 4), tile group / 4: two shuffles per tile and two byte permutes.
+  // The B fragment of O^T += V^T P' of n-tile u (k = tokens, see Shape; n = local head 8 u + group):
+  // tokens quad + {0, 4} (b0) and 8 + quad + {0, 4} (b1) of that head come from lanes (quad,
+  // group % 4) and (quad + 4, group % 4), K.Q^T tile 2 u + group / 4: two shuffles per tile and
+  // two byte permutes.
   const int from = quad * kQuads + group % kHeadsPerQkTile;
-  uint32_t even_token = __shfl_sync(kFullWarpMask, w[0], from);
-  uint32_t odd_token = __shfl_sync(kFullWarpMask, w[0], from + kPairRows * kQuads);
-  if constexpr (kTiles == 2) {
-    const uint32_t even1 = __shfl_sync(kFullWarpMask, w[1], from);
-    const uint32_t odd1 = __shfl_sync(kFullWarpMask, w[1], from + kPairRows * kQuads);
-    if (group >= kHeadsPerQkTile) {
-      even_token = even1;
-      odd_token = odd1;
+  uint32_t b0[S::kPvTiles], b1[S::kPvTiles];
+#pragma unroll
+  for (int u = 0; u < S::kPvTiles; ++u) {
+    const int t0 = kQkTilesPerPvTile * u;
+    uint32_t even_token = __shfl_sync(kFullWarpMask, w[t0], from);
+    uint32_t odd_token = __shfl_sync(kFullWarpMask, w[t0], from + kPairRows * kQuads);
+    if (t0 + 1 < kTiles) {
+      const uint32_t even1 = __shfl_sync(kFullWarpMask, w[t0 + 1], from);
+      const uint32_t odd1 = __shfl_sync(kFullWarpMask, w[t0 + 1], from + kPairRows * kQuads);
+      if (group >= kHeadsPerQkTile) {
+        even_token = even1;
+        odd_token = odd1;
+      }
+    } else {
+      if (group >= kHeadsPerQkTile) even_token = odd_token = 0u;  // no such head in one tile
     }
-  } else {
-    if (group >= kHeadsPerQkTile) even_token = odd_token = 0u;  // no such head in one tile
+    b0[u] = __byte_perm(even_token, odd_token, kPermLowHalves);
+    b1[u] = __byte_perm(even_token, odd_token, kPermHighHalves);
   }
-  const uint32_t b0 = __byte_perm(even_token, odd_token, kPermLowHalves);
-  const uint32_t b1 = __byte_perm(even_token, odd_token, kPermHighHalves);
   if constexpr (CodeUnit<S::kValueBits>::kByteUnits) {
     // 4 and 2 bits: the code fields of two tokens at the same coordinates are interleaved (one
     // shift and one bit-select per word), so a table entry is directly an A register: the levels of
@@ -793,7 +816,8 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
           a[k] = pair_levels<kBits>(table, mix[k], mt, value_offset);
         }
       }
-      device::mma_f16_m16n8k16(acc[mt], a[0], a[1], a[2], a[3], b0, b1);
+#pragma unroll
+      for (int u = 0; u < S::kPvTiles; ++u) device::mma_f16_m16n8k16(acc[u][mt], a[0], a[1], a[2], a[3], b0[u], b1[u]);
     }
   } else {
     // 3 bits (six-bit units): one lookup per token gives (coordinate c, c + 1); two byte permutes
@@ -803,8 +827,10 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
       uint32_t v[kLaneValueRows];
 #pragma unroll
       for (int i = 0; i < kLaneValueRows; ++i) v[i] = pair_levels<S::kValueBits>(table, r.value[i], mt, value_offset);
-      device::mma_f16_m16n8k16(acc[mt], __byte_perm(v[0], v[1], kPermLowHalves), __byte_perm(v[0], v[1], kPermHighHalves),
-                               __byte_perm(v[2], v[3], kPermLowHalves), __byte_perm(v[2], v[3], kPermHighHalves), b0, b1);
+      const uint32_t a0 = __byte_perm(v[0], v[1], kPermLowHalves), a1 = __byte_perm(v[0], v[1], kPermHighHalves);
+      const uint32_t a2 = __byte_perm(v[2], v[3], kPermLowHalves), a3 = __byte_perm(v[2], v[3], kPermHighHalves);
+#pragma unroll
+      for (int u = 0; u < S::kPvTiles; ++u) device::mma_f16_m16n8k16(acc[u][mt], a0, a1, a2, a3, b0[u], b1[u]);
     }
   }
 }
@@ -812,8 +838,8 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
 // Resident split CTAs per SM the register allocation aims at (attention_ctas_per_sm: <= 128
 // registers up to head_dim 128, <= 255 at 256). Shared memory allows this many (Shape::kSmemBytes:
 // <= 110 KB up to head_dim 128, <= 154 KB at 256).
-template <int HeadDim>
-inline constexpr int kMinSplitCtasPerSm = attention_ctas_per_sm(HeadDim);
+template <int HeadDim, int PvTiles>
+inline constexpr int kMinSplitCtasPerSm = attention_ctas_per_sm(HeadDim, kHeads * PvTiles);
 
 // Programmatic dependent launch (sm_90): both kernels may be launched before the previous kernel of
 // the stream has finished; wait_for_prior_grids() returns once it has and its writes are visible.
@@ -837,11 +863,13 @@ __device__ __forceinline__ void allow_dependent_grids() {
 
 // kScores: the packed-QK scores op (cuda::scores) instead of attention: the same walk and Q.K^T,
 // then scale * q . k_hat of every attended token written to p.scores (no softmax, no values, no
-// window, lengths clamped to p.max_context; one launch, no merge).
-template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores = false>
-__global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
+// window, lengths clamped to p.max_context; one launch, no merge). PvTiles: 8 PvTiles query slots
+// per CTA (Shape; p.slots_per_tile).
+template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores = false, int PvTiles = 1>
+__global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim, PvTiles>)
     decode_attention_split_kernel(const __grid_constant__ AttentionParams p) {
-  using S = Shape<HeadDim, KeyBits, ValueBits>;
+  using S = Shape<HeadDim, KeyBits, ValueBits, PvTiles>;
+  static_assert(!kScores || PvTiles == 1, "the scores op serves heads, 8 per CTA");
   extern __shared__ __align__(kMaxLoadBytes) uint8_t smem[];
   uint8_t* table = smem;
   auto* qfrag = reinterpret_cast<uint2*>(smem + S::kTableBytes);
@@ -885,10 +913,12 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   const int per_split = (chunk_end - chunk_first + p.num_splits - 1) / p.num_splits;
   const int begin = chunk_first + split * per_split;
   const int end = min(chunk_end, begin + per_split);
-  const int head0 = tile * kHeads;
-  const int heads = min(kHeads, n_tokens * p.group - head0);
+  const int head0 = tile * S::kSlots;
+  const int heads = min(S::kSlots, n_tokens * p.group - head0);
   if (heads <= 0) return;  // a window's tile past this sequence's tokens
-  const QueryWords<HeadDim> query = load_query<HeadDim>(p, token_row0, kv, head0, heads);  // in flight from here
+  QueryWords<HeadDim> query[S::kPvTiles];  // in flight from here
+#pragma unroll
+  for (int u = 0; u < S::kPvTiles; ++u) query[u] = load_query<HeadDim>(p, token_row0, kv, head0 + kHeads * u, heads - kHeads * u);
   const int64_t row0 = static_cast<int64_t>(seq) * p.q_heads + static_cast<int64_t>(kv) * p.group + head0;
   // The partial row (= q / out row * q_heads + head) of local head h; row0 + h in decode.
   const auto partial_row = [&](int h) {
@@ -897,10 +927,10 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   };
   // This lane's heads 4 nt + quad (lanes past the tile's heads take its last one, their queries are
   // zero): the keys their tokens attend.
-  const int tiles = heads > kHeadsPerQkTile ? 2 : 1;
-  int lane_first[kMaxQkTiles], lane_len[kMaxQkTiles];
+  const int tiles = heads > kHeadsPerQkTile ? 2 : 1;  // PvTiles = 1
+  int lane_first[S::kQkTiles], lane_len[S::kQkTiles];
 #pragma unroll
-  for (int nt = 0; nt < kMaxQkTiles; ++nt) {
+  for (int nt = 0; nt < S::kQkTiles; ++nt) {
     const int token = (head0 + min(nt * kHeadsPerQkTile + quad, heads - 1)) / p.group;
     lane_len[nt] = max(0, len - (n_tokens - 1 - token));
     lane_first[nt] = window_first(lane_len[nt]);
@@ -915,12 +945,14 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   }
 
   const int32_t* block_row = p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq;
-  float acc[S::kMTiles][kAccRegs];
+  float acc[S::kPvTiles][S::kMTiles][kAccRegs];
 #pragma unroll
-  for (int mt = 0; mt < S::kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
-  HeadState st;
+  for (int u = 0; u < S::kPvTiles; ++u)
 #pragma unroll
-  for (int nt = 0; nt < kMaxQkTiles; ++nt) {
+    for (int mt = 0; mt < S::kMTiles; ++mt) acc[u][mt][0] = acc[u][mt][1] = acc[u][mt][2] = acc[u][mt][3] = 0.0f;
+  HeadState<S::kQkTiles> st;
+#pragma unroll
+  for (int nt = 0; nt < S::kQkTiles; ++nt) {
     st.m[nt] = kNegInf;
     st.l[nt] = 0.0f;
   }
@@ -961,11 +993,13 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
     // The block-table entry of the next chunk to issue (kStages steps ahead), loaded one step early.
     int page_ahead = chunk + kStages * kStep < end ? chunk_page(p, block_row, chunk + kStages * kStep) : 0;
 
-    store_query_fragments<S, HeadDim, QType>(p, query, qfrag, factor_s);
-    __syncthreads();
-    float factor[kMaxQkTiles], factor_log2[kMaxQkTiles];
 #pragma unroll
-    for (int nt = 0; nt < kMaxQkTiles; ++nt) {
+    for (int u = 0; u < S::kPvTiles; ++u)
+      store_query_fragments<S, HeadDim, QType>(p, query[u], kHeads * u + threadIdx.x / kWarpSize, qfrag, factor_s);
+    __syncthreads();
+    float factor[S::kQkTiles], factor_log2[S::kQkTiles];
+#pragma unroll
+    for (int nt = 0; nt < S::kQkTiles; ++nt) {
       factor[nt] = factor_s[nt * kHeadsPerQkTile + quad];
       factor_log2[nt] = factor[nt] * kLog2e;
     }
@@ -992,7 +1026,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
 
       if constexpr (kScores) {
         // Scores of local heads 4 nt + quad (when inside the tile) for tokens 8 j + group.
-        float s[kMaxQkTiles][kTokenRows];
+        float s[S::kQkTiles][kTokenRows];
         qk_chunk<S, kTiles>(cur, qfrag + lane, table, key_offset, s);
 #pragma unroll
         for (int nt = 0; nt < kTiles; ++nt) {
@@ -1012,7 +1046,15 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   };
   using OneTile = std::integral_constant<int, 1>;
   using TwoTiles = std::integral_constant<int, 2>;
-  if (p.key_norm == NormStorage::kF16 && p.value_norm == NormStorage::kF16) {
+  using AllTiles = std::integral_constant<int, S::kQkTiles>;
+  const bool half_scales = p.key_norm == NormStorage::kF16 && p.value_norm == NormStorage::kF16;
+  if constexpr (S::kPvTiles > 1) {  // a wide CTA runs all its tiles
+    if (half_scales) {
+      walk(std::true_type{}, AllTiles{});
+    } else {
+      walk(std::false_type{}, AllTiles{});
+    }
+  } else if (half_scales) {
     if (tiles == 1) {
       walk(std::true_type{}, OneTile{});
     } else {
@@ -1025,38 +1067,40 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim>)
   if constexpr (!kScores) {
   // Each lane summed its own tokens; a head's eight lanes (one quad of each group) add them up.
 #pragma unroll
-  for (int nt = 0; nt < kMaxQkTiles; ++nt)
+  for (int nt = 0; nt < S::kQkTiles; ++nt)
 #pragma unroll
     for (int d = kQuads; d < kWarpSize; d <<= 1) st.l[nt] += __shfl_xor_sync(kFullWarpMask, st.l[nt], d);
 
   // Merge the warps: O^T column 2 quad (+1) = head, row = coordinate group * d/8 + 2 mt (+1).
   __syncthreads();  // the tables and queries are dead from here
-  float* mine = merge_out + static_cast<size_t>(warp) * kHeads * S::kMergeRowStride;
+  float* mine = merge_out + static_cast<size_t>(warp) * S::kSlots * S::kMergeRowStride;
 #pragma unroll
-  for (int mt = 0; mt < S::kMTiles; ++mt) {
-    const int coord = group * S::kValueSegmentCoords + kPair * mt;
-    mine[S::merge_index(kPair * quad, coord)] = acc[mt][0];
-    mine[S::merge_index(kPair * quad + 1, coord)] = acc[mt][1];
-    mine[S::merge_index(kPair * quad, coord + 1)] = acc[mt][2];
-    mine[S::merge_index(kPair * quad + 1, coord + 1)] = acc[mt][3];
-  }
+  for (int u = 0; u < S::kPvTiles; ++u)
+#pragma unroll
+    for (int mt = 0; mt < S::kMTiles; ++mt) {
+      const int coord = group * S::kValueSegmentCoords + kPair * mt, head = kHeads * u + kPair * quad;
+      mine[S::merge_index(head, coord)] = acc[u][mt][0];
+      mine[S::merge_index(head + 1, coord)] = acc[u][mt][1];
+      mine[S::merge_index(head, coord + 1)] = acc[u][mt][2];
+      mine[S::merge_index(head + 1, coord + 1)] = acc[u][mt][3];
+    }
   if (group == 0) {
 #pragma unroll
-    for (int nt = 0; nt < kMaxQkTiles; ++nt)
-      merge_max_sum[warp * kHeads + nt * kHeadsPerQkTile + quad] = make_float2(st.m[nt], st.l[nt]);
+    for (int nt = 0; nt < S::kQkTiles; ++nt)
+      merge_max_sum[warp * S::kSlots + nt * kHeadsPerQkTile + quad] = make_float2(st.m[nt], st.l[nt]);
   }
   __syncthreads();
   for (int i = threadIdx.x; i < heads * HeadDim; i += kThreads) {
     const int h = i / HeadDim, j = i % HeadDim;
     float m = kNegInf;
 #pragma unroll
-    for (int w = 0; w < kAttentionWarps; ++w) m = fmaxf(m, merge_max_sum[w * kHeads + h].x);
+    for (int w = 0; w < kAttentionWarps; ++w) m = fmaxf(m, merge_max_sum[w * S::kSlots + h].x);
     float o = 0.0f, l = 0.0f;
 #pragma unroll
     for (int w = 0; w < kAttentionWarps; ++w) {
-      const float2 ms = merge_max_sum[w * kHeads + h];
+      const float2 ms = merge_max_sum[w * S::kSlots + h];
       const float weight = ms.x == kNegInf ? 0.0f : exp2f(ms.x - m);
-      o += weight * merge_out[static_cast<size_t>(w) * kHeads * S::kMergeRowStride + S::merge_index(h, j)];
+      o += weight * merge_out[static_cast<size_t>(w) * S::kSlots * S::kMergeRowStride + S::merge_index(h, j)];
       l += weight * ms.y;
     }
     const int64_t partial = partial_row(h) * p.num_splits + split;
@@ -1224,11 +1268,11 @@ cudaError_t launch_programmatic(Kernel kernel, dim3 grid, dim3 block, size_t sha
 
 // The split kernel (attention, or the scores op when kScores) on grid (num_splits,
 // kv_heads * head_tiles, num_seqs).
-template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores>
+template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores, int PvTiles = 1>
 cudaError_t launch_split(const AttentionParams& params, cudaStream_t stream) noexcept {
-  using S = Shape<HeadDim, KeyBits, ValueBits>;
+  using S = Shape<HeadDim, KeyBits, ValueBits, PvTiles>;
   static std::atomic<uint64_t> shared_memory_configured{0};
-  const auto kernel = &decode_attention_split_kernel<HeadDim, KeyBits, ValueBits, QType, kScores>;
+  const auto kernel = &decode_attention_split_kernel<HeadDim, KeyBits, ValueBits, QType, kScores, PvTiles>;
   const cudaError_t e = allow_shared_memory(kernel, S::kSmemBytes, shared_memory_configured);
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
@@ -1249,9 +1293,19 @@ cudaError_t launch_decode_attention_merge(const AttentionParams& params, cudaStr
                                  params, stream);
 }
 
+// The split kernel of params.slots_per_tile query slots per CTA (16: window mode, head_dim <= 128),
+// then the merge kernel.
 template <int HeadDim, int KeyBits, int ValueBits, DType QType>
 cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t stream) noexcept {
-  const cudaError_t e = attention_kernel::launch_split<HeadDim, KeyBits, ValueBits, QType, false>(params, stream);
+  namespace ak = attention_kernel;
+  cudaError_t e = cudaSuccess;
+  if constexpr (HeadDim <= 128) {
+    e = params.slots_per_tile == kAttentionWideSlots
+            ? ak::launch_split<HeadDim, KeyBits, ValueBits, QType, false, kAttentionWideSlots / kAttentionHeadsPerCta>(params, stream)
+            : ak::launch_split<HeadDim, KeyBits, ValueBits, QType, false>(params, stream);
+  } else {
+    e = ak::launch_split<HeadDim, KeyBits, ValueBits, QType, false>(params, stream);
+  }
   if (e != cudaSuccess) return e;
   return launch_decode_attention_merge<HeadDim, QType>(params, stream);
 }

@@ -26,7 +26,19 @@ inline constexpr int kAttentionWarps = 8;
 // Split CTAs resident per SM that the split kernel is built for (its __launch_bounds__ minimum;
 // registers and shared memory allow this many): 2 up to head_dim 128 (16 warps, <= 128 registers), 1 at 256, whose accumulators
 // and query fragments take twice the registers. The split heuristic plans whole waves with it.
-[[nodiscard]] constexpr int attention_ctas_per_sm(int head_dim) noexcept { return head_dim <= 128 ? 2 : 1; }
+// A CTA of 16 query slots (window mode, attention_slots_per_tile) holds twice the accumulators: one
+// per SM.
+[[nodiscard]] constexpr int attention_ctas_per_sm(int head_dim, int slots = kAttentionHeadsPerCta) noexcept {
+  return slots <= kAttentionHeadsPerCta && head_dim <= 128 ? 2 : 1;
+}
+
+// Query slots per split CTA (AttentionParams::slots_per_tile): kAttentionHeadsPerCta, or in window
+// mode, when a window's (token, head) pairs fill more than that and head_dim <= 128, twice as many
+// (each chunk's codes are dequantised once for 16 slots instead of 8).
+inline constexpr int kAttentionWideSlots = 2 * kAttentionHeadsPerCta;
+[[nodiscard]] constexpr int attention_slots_per_tile(int head_dim, int64_t window_slots) noexcept {
+  return head_dim <= 128 && window_slots > kAttentionHeadsPerCta ? kAttentionWideSlots : kAttentionHeadsPerCta;
+}
 
 // log2(page_size / kAttentionChunkTokens) when that is a power of two, else -1
 // (AttentionParams::page_chunks_log2).
@@ -68,14 +80,15 @@ struct AttentionParams {
   // small kAppended windows, src/prefill.cpp), the query tokens: sequence s owns rows
   // [query_start[s], query_start[s + 1]) (at most `window` of them), token t of its n_s attends keys
   // [first, seq_len - (n_s - 1 - t)), and the (token, head-in-group) pairs r = t * group + g of one
-  // KV head share its head tiles (head_tiles = ceil(window * group / kAttentionHeadsPerCta)).
+  // KV head share its head tiles (head_tiles = ceil(window * group / slots_per_tile)).
   int32_t query_rows = 0;
   const int32_t* query_start = nullptr;  // [num_seqs + 1] or null
   int32_t window = 1;
   int32_t q_heads = 0;
   int32_t kv_heads = 0;
   int32_t group = 0;                   // q_heads / kv_heads; query head h reads KV head h / group
-  int32_t head_tiles = 0;              // ceil(group / kAttentionHeadsPerCta)
+  int32_t head_tiles = 0;              // ceil(group * window / slots_per_tile)
+  int32_t slots_per_tile = kAttentionHeadsPerCta;  // query slots of a CTA (attention_slots_per_tile)
   int32_t num_splits = 0;              // context splits per (sequence, KV head, head tile)
   bool programmatic_launch = false;    // host side only: launch with programmatic stream serialization
 

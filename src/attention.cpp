@@ -66,6 +66,7 @@ struct Shape {
   int32_t kv_heads = 0;
   int32_t group = 0;
   int32_t head_tiles = 0;
+  int32_t slots_per_tile = kAttentionHeadsPerCta;  // query slots of a split CTA
   int32_t head_dim = 0;
 };
 
@@ -81,8 +82,10 @@ bool basic_shape(const DecodeAttentionArgs& a, Shape* sh, const detail::DecodeWi
   sh->q_heads = a.q.dim1;
   sh->kv_heads = kv;
   sh->group = a.q.dim1 / kv;
-  sh->head_tiles = ceil_div(int64_t{sh->group} * (w != nullptr ? w->window : 1), kAttentionHeadsPerCta);
   sh->head_dim = a.format.head_dim();
+  const int64_t slots = int64_t{sh->group} * (w != nullptr ? w->window : 1);
+  sh->slots_per_tile = w != nullptr ? detail::attention_slots_per_tile(sh->head_dim, slots) : kAttentionHeadsPerCta;
+  sh->head_tiles = ceil_div(slots, sh->slots_per_tile);
   return true;
 }
 
@@ -98,7 +101,7 @@ int32_t resolve_splits(const DecodeAttentionArgs& a, const Shape& sh) noexcept {
   // split count minimising that over the resident CTA slots of the card; ties go to fewer splits.
   // (Batch 32 x 16K, d 128: 3 splits = 768 CTAs = 1.94 waves of 396 slots; batch 1 x 128K: 49.)
   const int64_t ctas_per_split = int64_t{sh.num_seqs} * sh.kv_heads * sh.head_tiles;
-  const int64_t slots = int64_t{a.sm_count} * detail::attention_ctas_per_sm(sh.head_dim);
+  const int64_t slots = int64_t{a.sm_count} * detail::attention_ctas_per_sm(sh.head_dim, sh.slots_per_tile);
   const int32_t most = useful < kMaxAttentionSplits ? useful : kMaxAttentionSplits;
   int32_t best = 1;
   int64_t best_cost = -1;
@@ -298,6 +301,7 @@ Status run_decode_attention(const DecodeAttentionArgs& a, Workspace workspace, c
   AttentionParams p;
   detail::fill_cache_params(f, a.q, a.cache, &p);
   p.head_tiles = sh.head_tiles;
+  p.slots_per_tile = sh.slots_per_tile;
   if (w != nullptr) {
     p.query_rows = w->query_rows;
     p.query_start = w->query_start;

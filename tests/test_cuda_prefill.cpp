@@ -433,22 +433,25 @@ TEST(CudaPrefill, SmallWindowsAsDecodeRows) {
   EXPECT_EQ(prefill, tqcuda::workspace_bytes(dc.args));
 }
 
-// Every kernel of the dispatch table (GQA 3 and 16, bf16 included).
+// Every kernel of the dispatch table (GQA 3 and 16, bf16 included), and the same combination as
+// verify windows on the decode kernel (window mode: 21 or 112 (token, head) slots per KV head, so
+// 16-slot CTAs up to head_dim 128).
 TEST(CudaPrefill, EveryBuiltKernel) {
   TQ_REQUIRE_DEVICE();
   for (int32_t i = 0; i < tqcuda::num_prefill_kernels(); ++i) {
     const tqcuda::AttentionKernelKey k = tqcuda::prefill_kernel(i);
-    for (PrefillOrder order : {PrefillOrder::kAppended, PrefillOrder::kFresh}) {
+    for (int32_t variant = 0; variant < 3; ++variant) {
       Spec s;
       s.head_dim = k.head_dim;
       s.key_bits = k.key_bits;
       s.value_bits = k.value_bits;
       s.dtype = k.q_dtype;
-      s.order = order;
+      s.order = variant == 1 ? PrefillOrder::kFresh : PrefillOrder::kAppended;
       s.kv_heads = 2;
       s.group = i % 2 ? 16 : 3;
       s.seqs = {{100, 7}, {0, 40}, {257, 1}};
-      s.seed = 100 + i;
+      if (variant == 2) s.seqs = {{300, 7}, {0, 2}, {33, 5}, {1, 1}};  // every window <= kMaxDecodeWindow
+      s.seed = 100 + 3 * i + variant;
       check_case(s);
     }
   }
