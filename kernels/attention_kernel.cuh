@@ -12,7 +12,8 @@
 //      lane, so a lookup is one byte permute (the address) and one conflict-free LDS; the K levels
 //      are stored as fp16(a * level) with a host-chosen a in [1, 2) that keeps the roundings small
 //      (params.key_level_scale, folded back into the logit factor);
-//   3. the queries of the head tile (up to 8 heads of one GQA group) rotated with the keys' RHT in
+//   3. the queries of the head tile (up to 8 heads of one GQA group; in window mode 8 or 16 (token,
+//      head) slots, Shape's PvTiles) rotated with the keys' RHT in
 //      fp32, one head per warp (device::WarpVector: the other warps wait for this at a barrier),
 //      normalised by their largest coordinate and split into fp16 hi + lo, stored once as every
 //      lane's B fragments (one 8-byte load per K.Q^T tile and k-step);

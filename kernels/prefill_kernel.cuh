@@ -14,14 +14,16 @@
 //   - prologue: the code tables (CodeTable: a byte or six bits of codes -> fp16 level pairs), the
 //     (rotated) queries of the 128 rows, normalised by their largest coordinate (factor = largest *
 //     softmax_scale), fp16 in shared memory (a 128-row tile);
-//   - per 32-token tile, from one of two buffers: each thread dequantises one 32-code segment of K or
-//     V it loaded one tile ahead (registers) through the code table into the fp16 tiles K [32][HeadDim]
-//     and V [32][HeadDim] (levels only) and the token's key / value scale (fp32); then
-//       S = Q K^T   logit = S * key_scale * factor (fp32), soft cap, causal / window mask only on
+//   - per 32-token tile, from one of two buffers (one barrier per tile):
+//       S = Q K^T   issued; while it runs, each thread dequantises one 32-code segment of K or V of
+//                   the NEXT tile, loaded into registers one tile ahead, through the code table
+//                   into the other buffer's fp16 tiles K [32][HeadDim] and V [32][HeadDim] (levels
+//                   only) and the token's key / value scale (fp32); then
+//                   logit = S * key_scale * factor (fp32), soft cap, causal / window mask only on
 //                   the tiles that need it, online softmax (log2, the accumulators rescaled only
 //                   when a row's max grows);
 //       O += P' V   P' = p * value_scale from the S accumulators as fp16;
-//     then dequantises the next tile into the other buffer: one barrier per tile.
+//     then the barrier that publishes the next tile, and the loads of the one after it.
 //   - the products (qk_issue / qk_wait, pv_tile) run on one of two paths, chosen at compile time:
 //       wgmma (sm_90a builds, TQ_HAS_WGMMA): per warpgroup of 4 warps (64 rows), S by
 //         wgmma.m64n32k16 with A = Q and B = K read from shared memory through descriptors, O by
@@ -678,8 +680,8 @@ __device__ __forceinline__ void pv_tile(float (&acc)[Geometry<HeadDim>::kDTiles]
 
 // The attention of one CTA over the tiles [tile_begin, tile_end) of `Source`. The K / V tiles are
 // double-buffered: while the warps compute tile i from buffer i % 2, its successor's codes are in
-// flight in registers (issued one tile ahead) and are dequantised into the other buffer right
-// after; one barrier per tile.
+// flight in registers (issued one tile ahead) and are dequantised into the other buffer while S of
+// tile i runs; one barrier per tile.
 template <int HeadDim, class Source>
 __device__ __forceinline__ void attend(const PrefillParams& p, const Work& w, Source& src, int tile_begin,
                                        int tile_end, uint8_t* smem) {
