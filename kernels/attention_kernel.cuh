@@ -177,7 +177,7 @@ struct RegionCopy {
 // Slots: a CTA serves kSlots = 8 PvTiles query slots (heads of a GQA group, or in window mode the
 // (token, head) pairs of a window), PvTiles P.V n-tiles of 8 and kQkTiles K.Q^T tiles of 4. One
 // n-tile (PvTiles = 1) is the decode shape; two (16 slots, window mode) dequantise each chunk once
-// for twice the slots, at twice the accumulator registers (one CTA per SM).
+// for twice the slots, at twice the accumulator registers (one CTA of 12 warps per SM).
 template <int HeadDim, int KeyBits, int ValueBits, int PvTiles = 1>
 struct Shape {
   static_assert(HeadDim % kMmaK == 0, "head_dim must be a multiple of 16");
@@ -185,6 +185,11 @@ struct Shape {
   static constexpr int kPvTiles = PvTiles;
   static constexpr int kSlots = kHeads * PvTiles;
   static constexpr int kQkTiles = kQkTilesPerPvTile * PvTiles;
+  // Warps of a CTA (attention_split_warps): each walks every kWarps-th chunk; the query vectors are
+  // taken one per warp in kQueryPasses passes.
+  static constexpr int kWarps = attention_split_warps(kSlots);
+  static constexpr int kThreads = kWarps * kWarpSize;
+  static constexpr int kQueryPasses = (kSlots + kWarps - 1) / kWarps;
   static constexpr int kKeyBits = KeyBits;
   static constexpr int kValueBits = ValueBits;
   static constexpr int kKSteps = HeadDim / kMmaK;  // K.Q^T mmas per tile of 4 heads
@@ -239,7 +244,7 @@ struct Shape {
   static_assert(kStageValueOffset % device::kAsyncCopyBytes == 0 && kStageBytes % device::kAsyncCopyBytes == 0,
                 "stage regions start 16-byte aligned");
   static constexpr size_t kRingOffset = (kMainBytes + kMaxLoadBytes - 1) / kMaxLoadBytes * kMaxLoadBytes;
-  static constexpr size_t kRingBytes = size_t{kAttentionWarps} * kStages * kStageBytes;
+  static constexpr size_t kRingBytes = size_t{kWarps} * kStages * kStageBytes;
 
   // The warps' partials: [warp][head] rows of kMergeRowStride floats, coordinate c at
   // c + c / kValueSegmentCoords (one float of padding after each lane group's eighth). A lane
@@ -250,8 +255,8 @@ struct Shape {
   __device__ static constexpr int merge_index(int head, int coord) {
     return head * kMergeRowStride + coord + coord / kValueSegmentCoords;
   }
-  static constexpr size_t kMergeOutFloats = size_t{kAttentionWarps} * kSlots * kMergeRowStride;
-  static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kAttentionWarps * kSlots;
+  static constexpr size_t kMergeOutFloats = size_t{kWarps} * kSlots * kMergeRowStride;
+  static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kWarps * kSlots;
   static constexpr size_t kSmemBytes = max_size(kRingOffset + kRingBytes, kMergeBytes);
 };
 
@@ -465,9 +470,11 @@ __device__ __forceinline__ void build_code_table(uint8_t* table, bool value_side
   // Thread t stores part t % 8 of entries t / 8 + 32 k: consecutive lanes fill consecutive 16 bytes
   // (conflict-free), and the entry's low five bits are the same in every pass, so the levels they
   // select are loaded once (fewer instructions in a prologue that every CTA runs).
+  // The first kThreads (8 warps) threads build; a CTA's further warps (16-slot CTAs) skip.
   constexpr int kEntriesPerPass = kThreads / kStoresPerSide;
   static_assert(U::kEntries % kEntriesPerPass == 0 && (kEntriesPerPass & (kEntriesPerPass - 1)) == 0,
                 "whole passes, and a pass number that does not touch the entry's low bits");
+  if (threadIdx.x >= kThreads) return;  // warp-uniform
   const auto first = static_cast<uint32_t>(threadIdx.x) / kStoresPerSide;
   auto* dst = reinterpret_cast<uint4*>(table + first * kEntryBytes + (value_side ? kSideBytes : 0)) +
               threadIdx.x % kStoresPerSide;
@@ -547,7 +554,7 @@ __device__ __forceinline__ QueryWords<HeadDim> load_query(const AttentionParams&
                                                          int heads) {
   using V = device::WarpVector<HeadDim>;
   static_assert(kAttentionWarps >= kHeads, "one warp per local head");
-  const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;  // heads [head0, head0 + heads) by warp
   QueryWords<HeadDim> q{};
   if (v >= heads) return q;  // warp-uniform
   const int slot = head0 + v, token = slot / p.group;
@@ -574,7 +581,7 @@ __device__ __forceinline__ void store_query_fragments(const AttentionParams& p, 
   static_assert(V::kCoords % S::kCoordsPerKStep == 0 && S::kKeySegmentCoords % V::kCoords == 0,
                 "a lane's coordinates are whole B-fragment entries of one quarter");
   const int lane = threadIdx.x % kWarpSize;
-  if (threadIdx.x / kWarpSize >= kHeads) return;  // warp-uniform
+  if (v >= S::kSlots) return;  // warp-uniform
   const int c0 = V::first(lane);
   const uint32_t signs = V::lane_signs(p.key_signs, lane);
   float x[V::kCoords];
@@ -867,7 +874,7 @@ __device__ __forceinline__ void allow_dependent_grids() {
 // window, lengths clamped to p.max_context; one launch, no merge). PvTiles: 8 PvTiles query slots
 // per CTA (Shape; p.slots_per_tile).
 template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores = false, int PvTiles = 1>
-__global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim, PvTiles>)
+__global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWarpSize, kMinSplitCtasPerSm<HeadDim, PvTiles>)
     decode_attention_split_kernel(const __grid_constant__ AttentionParams p) {
   using S = Shape<HeadDim, KeyBits, ValueBits, PvTiles>;
   static_assert(!kScores || PvTiles == 1, "the scores op serves heads, 8 per CTA");
@@ -917,9 +924,9 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim, PvTiles>
   const int head0 = tile * S::kSlots;
   const int heads = min(S::kSlots, n_tokens * p.group - head0);
   if (heads <= 0) return;  // a window's tile past this sequence's tokens
-  QueryWords<HeadDim> query[S::kPvTiles];  // in flight from here
+  QueryWords<HeadDim> query[S::kQueryPasses];  // in flight from here
 #pragma unroll
-  for (int u = 0; u < S::kPvTiles; ++u) query[u] = load_query<HeadDim>(p, token_row0, kv, head0 + kHeads * u, heads - kHeads * u);
+  for (int u = 0; u < S::kQueryPasses; ++u) query[u] = load_query<HeadDim>(p, token_row0, kv, head0 + S::kWarps * u, heads - S::kWarps * u);
   const int64_t row0 = static_cast<int64_t>(seq) * p.q_heads + static_cast<int64_t>(kv) * p.group + head0;
   // The partial row (= q / out row * q_heads + head) of local head h; row0 + h in decode.
   const auto partial_row = [&](int h) {
@@ -968,7 +975,7 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim, PvTiles>
     // The warp's first kStages chunks go in flight now, overlapping the query rotation (block-table
     // entries first, so that their loads overlap too).
     constexpr int kStages = S::kStages;
-    constexpr int kStep = kAttentionWarps;  // a warp walks chunks begin + warp, + kStep, ...
+    constexpr int kStep = S::kWarps;  // a warp walks chunks begin + warp, + kStep, ...
     const LaneStage stage_offsets = lane_stage<S, !kScores>(p, kv, lane, key_norm, value_norm);
     uint8_t* const ring = smem + S::kRingOffset + static_cast<size_t>(warp) * kStages * S::kStageBytes;
     const uint32_t ring_address = device::shared_address(ring);
@@ -995,8 +1002,8 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim, PvTiles>
     int page_ahead = chunk + kStages * kStep < end ? chunk_page(p, block_row, chunk + kStages * kStep) : 0;
 
 #pragma unroll
-    for (int u = 0; u < S::kPvTiles; ++u)
-      store_query_fragments<S, HeadDim, QType>(p, query[u], kHeads * u + threadIdx.x / kWarpSize, qfrag, factor_s);
+    for (int u = 0; u < S::kQueryPasses; ++u)
+      store_query_fragments<S, HeadDim, QType>(p, query[u], S::kWarps * u + warp, qfrag, factor_s);
     __syncthreads();
     float factor[S::kQkTiles], factor_log2[S::kQkTiles];
 #pragma unroll
@@ -1091,14 +1098,14 @@ __global__ void __launch_bounds__(kThreads, kMinSplitCtasPerSm<HeadDim, PvTiles>
       merge_max_sum[warp * S::kSlots + nt * kHeadsPerQkTile + quad] = make_float2(st.m[nt], st.l[nt]);
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < heads * HeadDim; i += kThreads) {
+  for (int i = threadIdx.x; i < heads * HeadDim; i += S::kThreads) {
     const int h = i / HeadDim, j = i % HeadDim;
     float m = kNegInf;
 #pragma unroll
-    for (int w = 0; w < kAttentionWarps; ++w) m = fmaxf(m, merge_max_sum[w * S::kSlots + h].x);
+    for (int w = 0; w < S::kWarps; ++w) m = fmaxf(m, merge_max_sum[w * S::kSlots + h].x);
     float o = 0.0f, l = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kAttentionWarps; ++w) {
+    for (int w = 0; w < S::kWarps; ++w) {
       const float2 ms = merge_max_sum[w * S::kSlots + h];
       const float weight = ms.x == kNegInf ? 0.0f : exp2f(ms.x - m);
       o += weight * merge_out[static_cast<size_t>(w) * S::kSlots * S::kMergeRowStride + S::merge_index(h, j)];
@@ -1278,7 +1285,7 @@ cudaError_t launch_split(const AttentionParams& params, cudaStream_t stream) noe
   if (e != cudaSuccess) return e;
   const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
                   static_cast<unsigned>(params.num_seqs));
-  return launch_programmatic(kernel, grid, dim3(kThreads), S::kSmemBytes, params, stream);
+  return launch_programmatic(kernel, grid, dim3(S::kThreads), S::kSmemBytes, params, stream);
 }
 
 }  // namespace attention_kernel
