@@ -4,7 +4,8 @@
 // kernels/attention_d<HeadDim>.cu from the list in kernels/attention_instances.inc. Design and
 // numbers: kernels/ATTENTION_NOTES.md.
 //
-// Split kernel, grid (num_splits, kv_heads * head_tiles, num_seqs), kAttentionWarps warps:
+// Split kernel, grid (num_splits, kv_heads * head_tiles, num_seqs), kAttentionWarps warps (16-slot
+// CTAs: 12, attention_split_warps):
 //   1. the CTA's range: the attended tokens [first, len) of its sequence, in 16-token chunks,
 //      divided evenly over the splits; an empty range writes (max, sum) = (-inf, 0) and returns;
 //   2. one shared-memory code table (CodeUnit below): a byte of codes (4 and 2 bits) or six bits
@@ -533,12 +534,13 @@ __device__ __forceinline__ uint2 unit_levels(const uint8_t* table, const uint32_
   return *reinterpret_cast<const uint2*>(table + unit_offset<Bits>(w, u, lane_offset));
 }
 
-// The queries: warp w takes local heads w + 8 u of the CTA's slots (one vector per warp and P.V
-// n-tile u, device::WarpVector, all heads at once: the CTA's other warps wait for them at a
-// barrier, so their latency is what counts). Local head v is slot head0 + v of the tile: query token
-// (head0 + v) / group of the sequence's rows from token_row0 (one token in decode), head kv * group
-// + (head0 + v) % group. load_query issues the loads of n-tile u (head0, heads: from its first slot)
-// as early as the row is known (raw f16 / bf16 pairs, zero past the tile's heads);
+// The queries: warp w takes local heads w + kWarps u of the CTA's slots, u < Shape::kQueryPasses
+// (one vector per warp and pass, device::WarpVector, all heads at once: the CTA's other warps wait
+// for them at a barrier, so their latency is what counts). Local head v is slot head0 + v of the
+// tile: query token (head0 + v) / group of the sequence's rows from token_row0 (one token in
+// decode), head kv * group + (head0 + v) % group. load_query issues the loads of one pass (head0,
+// heads: counted from the pass's first slot) as early as the row is known (raw f16 / bf16 pairs,
+// zero past the tile's heads);
 // store_query_fragments rotates with the keys' RHT, normalises by the largest coordinate and stores
 // the hi / lo fp16 parts straight into the K.Q^T B fragments `qfrag` (see the split kernel: entry
 // (nt * kKSteps + kk) * 32 + 4 column + quarter holds coordinates quarter * d/4 + 4 kk .. + 3 of
@@ -554,7 +556,7 @@ __device__ __forceinline__ QueryWords<HeadDim> load_query(const AttentionParams&
                                                          int heads) {
   using V = device::WarpVector<HeadDim>;
   static_assert(kAttentionWarps >= kHeads, "one warp per local head");
-  const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;  // heads [head0, head0 + heads) by warp
+  const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   QueryWords<HeadDim> q{};
   if (v >= heads) return q;  // warp-uniform
   const int slot = head0 + v, token = slot / p.group;
