@@ -880,6 +880,10 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
     decode_attention_split_kernel(const __grid_constant__ AttentionParams p) {
   using S = Shape<HeadDim, KeyBits, ValueBits, PvTiles>;
   static_assert(!kScores || PvTiles == 1, "the scores op serves heads, 8 per CTA");
+  // sm_90: 227 KB of shared memory per CTA at most, 228 KB per SM with 1 KB reserved per CTA.
+  static_assert(S::kSmemBytes <= 227 * 1024 &&
+                    (S::kSmemBytes + 1024) * kMinSplitCtasPerSm<HeadDim, PvTiles> <= 228 * 1024,
+                "the CTAs per SM the split heuristic plans for (attention_ctas_per_sm) must fit in shared memory");
   extern __shared__ __align__(kMaxLoadBytes) uint8_t smem[];
   uint8_t* table = smem;
   auto* qfrag = reinterpret_cast<uint2*>(smem + S::kTableBytes);
