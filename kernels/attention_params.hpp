@@ -45,13 +45,18 @@ inline constexpr int kAttentionWideSlots = 2 * kAttentionHeadsPerCta;
   return head_dim <= 128 && window_slots > kAttentionHeadsPerCta ? kAttentionWideSlots : kAttentionHeadsPerCta;
 }
 
+// log2(n) when n is a power of two, else -1: lets a kernel shift where it would divide by n.
+[[nodiscard]] constexpr int32_t exact_log2(int32_t n) noexcept {
+  int32_t log2 = 0;
+  while (log2 < 30 && (int32_t{1} << log2) < n) ++log2;
+  return n > 0 && (int32_t{1} << log2) == n ? log2 : -1;
+}
+static_assert(exact_log2(1) == 0 && exact_log2(64) == 6 && exact_log2(48) == -1 && exact_log2(0) == -1);
+
 // log2(page_size / kAttentionChunkTokens) when that is a power of two, else -1
 // (AttentionParams::page_chunks_log2).
 [[nodiscard]] constexpr int32_t page_chunks_log2(int32_t page_size) noexcept {
-  const int32_t chunks = page_size / kAttentionChunkTokens;
-  int32_t log2 = 0;
-  while (log2 < 30 && (int32_t{1} << log2) < chunks) ++log2;
-  return chunks > 0 && (int32_t{1} << log2) == chunks ? log2 : -1;
+  return exact_log2(page_size / kAttentionChunkTokens);
 }
 static_assert(page_chunks_log2(16) == 0 && page_chunks_log2(64) == 2 && page_chunks_log2(48) == -1);
 

@@ -47,7 +47,7 @@ struct PrefillParams {
   int64_t value_codes_offset = 0;
   int64_t value_scales_offset = 0;
   int32_t page_size = 0;
-  int32_t page_size_log2 = -1;         // log2(page_size) when a power of two (a shift, not a division), else -1
+  int32_t page_size_log2 = -1;         // exact_log2(page_size): a shift, not a division, when >= 0
   NormStorage key_norm = NormStorage::kF16;
   NormStorage value_norm = NormStorage::kF16;
   const int32_t* block_table = nullptr;  // [num_seqs, max_pages_per_seq]

@@ -279,9 +279,7 @@ Status prefill_attention(const PrefillAttentionArgs& a, Workspace workspace, cud
     p.chunk_values_stride1 = a.chunk_values.stride1;
   }
   detail::fill_page_pool<true>(f, a.cache, &p);
-  p.page_size_log2 = -1;
-  for (int32_t b = 0; b < 31; ++b)
-    if ((int32_t{1} << b) == p.page_size) p.page_size_log2 = b;
+  p.page_size_log2 = detail::exact_log2(p.page_size);
   p.num_seqs = sh.num_seqs;
   p.q_heads = sh.q_heads;
   p.kv_heads = sh.kv_heads;
