@@ -102,6 +102,15 @@ inline constexpr int kAccRegs = 4;  // fp32 C registers of one m16n8 tile
 inline constexpr float kLog2e = 1.44269504088896340736f;  // softmax runs in log2 units (exp2f)
 inline constexpr float kLn2 = 0.69314718055994530942f;
 inline constexpr float kNegInf = -__builtin_huge_valf();
+// Lazy rescaling: a head's softmax reference (the running "max" of the online softmax, in log2
+// units) is set to its largest logit so far plus this slack whenever a logit exceeds it, so the
+// accumulators are rescaled only when a logit beats the last rescale's max by more than the slack
+// (with slack 0, a verify window's 16-slot CTAs rescaled in 77% of their chunks: ncu, H200). Every
+// weight 2^(logit - reference) stays <= 1, so P' = weight * value scale overflows fp16 no sooner
+// than before; the largest weight is >= 2^-slack, so P' loses fp16 precision (subnormal) only for
+// value scales below 2^(slack - 14) ~ 1e-3. The reference goes out as the partial's "max": the
+// merges only need a common reference (lse = reference + log2 of the sum stays exact).
+inline constexpr float kRescaleSlack = 4.0f;
 
 inline constexpr int kBitsPerByte = 8;
 inline constexpr int kBitsPerWord = 32;
@@ -257,8 +266,12 @@ struct Shape {
     return head * kMergeRowStride + coord + coord / kValueSegmentCoords;
   }
   static constexpr size_t kMergeOutFloats = size_t{kWarps} * kSlots * kMergeRowStride;
-  static constexpr size_t kMergeBytes = sizeof(float) * kMergeOutFloats + sizeof(float2) * kWarps * kSlots;
+  // Then the warps' (max, sum) per slot ([warp][slot] float2) and each slot's first element in
+  // partial_out ([slot] int64).
+  static constexpr size_t kMergeBytes =
+      sizeof(float) * kMergeOutFloats + sizeof(float2) * kWarps * kSlots + sizeof(int64_t) * kSlots;
   static constexpr size_t kSmemBytes = max_size(kRingOffset + kRingBytes, kMergeBytes);
+  static_assert(kMergeOutFloats % 2 == 0, "the (max, sum) pairs and partial offsets stay 8-byte aligned");
 };
 
 // ---- small device helpers -------------------------------------------------------------------------
@@ -673,15 +686,18 @@ __device__ __forceinline__ void qk_chunk(const ChunkRegs<S>& r, const uint2* qfr
   }
 }
 
-// The running (max, sum) of local head 4 nt + quad in lane (group, quad): the max is the same in
-// the head's eight lanes, each lane sums its own tokens (added up at the end).
+// The running (reference, sum) of local head 4 nt + quad in lane (group, quad): the reference (a
+// max plus kRescaleSlack, >= every logit seen) is the same in the head's eight lanes, each lane sums
+// its own tokens' 2^(logit - reference) (added up at the end).
 template <int kQkTiles>
 struct HeadState {
   float m[kQkTiles];
   float l[kQkTiles];
 };
 
-template <class S, int kTiles>
+// kMasked: some token of the chunk may be outside a head's range [first, len) or its page outside
+// the pool (masked to -inf, weight 0); without it every token is attended (the interior chunks).
+template <class S, int kTiles, bool kMasked>
 __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const ChunkRegs<S>& r, int token0,
                                              const int (&first)[S::kQkTiles], const int (&len)[S::kQkTiles], int group,
                                              int quad, const float (&factor_log2)[S::kQkTiles], const uint2* qfrag,
@@ -712,15 +728,16 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
 #pragma unroll
     for (int j = 0; j < kTokenRows; ++j) {
       const int token = token0 + j * kMmaN + group;
-      valid[nt][j] = r.page_ok && token >= first[nt] && token < len[nt];
-      x[nt][j] = valid[nt][j] ? x[nt][j] : kNegInf;
+      valid[nt][j] = !kMasked || (r.page_ok && token >= first[nt] && token < len[nt]);
+      if (kMasked) x[nt][j] = valid[nt][j] ? x[nt][j] : kNegInf;
     }
     lane_max[nt] = fmaxf(x[nt][0], x[nt][1]);
     grew = grew || lane_max[nt] > st.m[nt];
   }
-  // A head's running max changes only when one of its logits exceeds it (every chunk at first,
-  // rarely later): then its max over the eight lanes (three shuffles), the rescale of the sum and of
-  // the accumulators; otherwise nothing but the exponentials.
+  // A head's reference st.m (lazy rescaling, kRescaleSlack) moves only when one of its logits
+  // exceeds it (every warp's first chunk, rarely later): then to the head's chunk max over its eight
+  // lanes (three shuffles) plus the slack, with the rescale of the sum and of the accumulators;
+  // otherwise nothing but the exponentials.
   if (__any_sync(kFullWarpMask, grew)) {
     float alpha[kTiles];
 #pragma unroll
@@ -728,7 +745,7 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
       float chunk_max = lane_max[nt];
 #pragma unroll
       for (int d = kQuads; d < kWarpSize; d <<= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(kFullWarpMask, chunk_max, d));
-      const float m_new = fmaxf(st.m[nt], chunk_max);
+      const float m_new = chunk_max > st.m[nt] ? chunk_max + kRescaleSlack : st.m[nt];
       alpha[nt] = st.m[nt] == kNegInf ? 0.0f : fast_exp2(st.m[nt] - m_new);  // nothing attended yet: sums are 0
       st.l[nt] *= alpha[nt];
       st.m[nt] = m_new;
@@ -769,7 +786,8 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
     for (int j = 0; j < kTokenRows; ++j) {
       const float prob = fast_exp2(x[nt][j] - m_use);
       st.l[nt] += prob;
-      weight[j] = valid[nt][j] ? prob * r.value_scale[j] : 0.0f;  // a masked token's scale may be garbage
+      weight[j] = prob * r.value_scale[j];
+      if (kMasked) weight[j] = valid[nt][j] ? weight[j] : 0.0f;  // a masked token's scale may be garbage
     }
     w[nt] = half2_bits(weight[0], weight[1]);
   }
@@ -890,6 +908,7 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
   auto* factor_s = reinterpret_cast<float*>(smem + S::kTableBytes + S::kQueryFragmentBytes);
   auto* merge_out = reinterpret_cast<float*>(smem);                             // after the main loop
   auto* merge_max_sum = reinterpret_cast<float2*>(merge_out + S::kMergeOutFloats);
+  auto* merge_partial = reinterpret_cast<int64_t*>(merge_max_sum + S::kWarps * S::kSlots);
 
   allow_dependent_grids();
   // The code table depends on the parameters only: built while the previous kernel drains.
@@ -949,6 +968,9 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
     lane_len[nt] = max(0, len - (n_tokens - 1 - token));
     lane_first[nt] = window_first(lane_len[nt]);
   }
+  // Tokens [full_begin, full_end) are attended by every query token of the sequence.
+  const int full_begin = window_first(len);
+  const int full_end = max(0, len - (n_tokens - 1));
   auto* partial_max_sum = reinterpret_cast<float2*>(p.partial_max_sum);
 
   if (begin >= end) {  // nothing to attend in this split: the merge skips it (partial_out unread)
@@ -1053,8 +1075,16 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
           }
         }
       } else {
-        attend_chunk<S, kTiles>(p, cur, chunk * kChunkTokens, lane_first, lane_len, group, quad, factor_log2,
-                                qfrag + lane, table, key_offset, value_offset, st, acc);
+        // Interior chunks (every token attended by every slot of the CTA, the page inside the pool)
+        // skip the per-token masks.
+        const int token0 = chunk * kChunkTokens;
+        if (cur.page_ok && token0 >= full_begin && token0 + kChunkTokens <= full_end) {
+          attend_chunk<S, kTiles, false>(p, cur, token0, lane_first, lane_len, group, quad, factor_log2, qfrag + lane,
+                                         table, key_offset, value_offset, st, acc);
+        } else {
+          attend_chunk<S, kTiles, true>(p, cur, token0, lane_first, lane_len, group, quad, factor_log2, qfrag + lane,
+                                        table, key_offset, value_offset, st, acc);
+        }
       }
     }
   };
@@ -1104,22 +1134,34 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
       merge_max_sum[warp * S::kSlots + nt * kHeadsPerQkTile + quad] = make_float2(st.m[nt], st.l[nt]);
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < heads * HeadDim; i += S::kThreads) {
-    const int h = i / HeadDim, j = i % HeadDim;
+  // Per slot (one thread each): the merged (max, sum), written out, and each warp's weight
+  // 2^(max_w - max) in place of its max, so that the element loop below is loads and FMAs only.
+  if (threadIdx.x < heads) {
+    const int h = threadIdx.x;
     float m = kNegInf;
 #pragma unroll
     for (int w = 0; w < S::kWarps; ++w) m = fmaxf(m, merge_max_sum[w * S::kSlots + h].x);
-    float o = 0.0f, l = 0.0f;
+    float l = 0.0f;
 #pragma unroll
     for (int w = 0; w < S::kWarps; ++w) {
       const float2 ms = merge_max_sum[w * S::kSlots + h];
       const float weight = ms.x == kNegInf ? 0.0f : exp2f(ms.x - m);
-      o += weight * merge_out[static_cast<size_t>(w) * S::kSlots * S::kMergeRowStride + S::merge_index(h, j)];
       l += weight * ms.y;
+      merge_max_sum[w * S::kSlots + h].x = weight;
     }
     const int64_t partial = partial_row(h) * p.num_splits + split;
-    p.partial_out[partial * HeadDim + j] = o;
-    if (j == 0) partial_max_sum[partial] = make_float2(m, l);
+    partial_max_sum[partial] = make_float2(m, l);
+    merge_partial[h] = partial * HeadDim;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < heads * HeadDim; i += S::kThreads) {
+    const int h = i / HeadDim, j = i % HeadDim;
+    float o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < S::kWarps; ++w)
+      o += merge_max_sum[w * S::kSlots + h].x *
+           merge_out[static_cast<size_t>(w) * S::kSlots * S::kMergeRowStride + S::merge_index(h, j)];
+    p.partial_out[merge_partial[h] + j] = o;
   }
   }  // !kScores
 }

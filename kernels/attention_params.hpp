@@ -110,7 +110,9 @@ struct AttentionParams {
   float* partial_out = nullptr;        // [num_seqs * q_heads, num_splits, head_dim] fp32: the
                                        // rotated-domain sum of p_t * v_hat_t with p_t = 2^(logit2_t - max)
   float* partial_max_sum = nullptr;    // [num_seqs * q_heads, num_splits, 2] fp32: (max, sum of p_t),
-                                       // max in log2 units (logit * log2(e)); (-inf, 0) when empty
+                                       // max in log2 units (logit * log2(e)): a reference >= every
+                                       // logit2_t of the split (the split kernel's lazy rescaling may
+                                       // leave it above the largest); (-inf, 0) when empty
 
   // Outputs.
   void* out = nullptr;                 // [num_seqs, q_heads, head_dim], dtype QType
