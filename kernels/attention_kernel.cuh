@@ -365,7 +365,8 @@ struct ChunkRegs {
 // A lane's part of every chunk's copies (page -> stage) and reads (stage -> registers), the same for
 // every chunk of the CTA: byte offsets, 32-bit (a page is far below 2 GiB).
 struct LaneStage {
-  uint32_t src;              // in a page: KV head kv's block + this lane's first 16-byte piece of a region
+  uint32_t key_src;          // in a page: KV head kv's K codes + this lane's first 16-byte piece (at row 0)
+  uint32_t value_src;        // ... its V codes + this lane's first piece
   uint32_t key_dst;          // in a stage: this lane's first key piece (RegionCopy: piece `lane`)
   uint32_t value_dst;        // ... and value piece
   uint32_t scale_src;        // in a page: the scale piece this lane copies (at row 0), lanes 0-7 only
@@ -386,7 +387,9 @@ __device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv
   const auto head = static_cast<uint32_t>(kv * p.head_bytes);
   const bool f32_keys = key_norm == NormStorage::kF32, f32_values = value_norm == NormStorage::kF32;
   LaneStage o;
-  o.src = head + static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
+  const uint32_t piece0 = head + static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
+  o.key_src = piece0 + static_cast<uint32_t>(p.key_codes_offset);
+  o.value_src = piece0 + static_cast<uint32_t>(p.value_codes_offset);
   o.key_dst = static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
   o.value_dst = S::kStageValueOffset + static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
   // Lanes 0-3 copy the key scales' pieces, lanes 4-7 the value scales' (fp16 rows: 2 pieces, fp32: 4).
@@ -432,15 +435,17 @@ __device__ __forceinline__ int chunk_row0(const AttentionParams& p, int chunk) {
 template <class S, bool kValues>
 __device__ __forceinline__ void issue_chunk_copies(const AttentionParams& p, const LaneStage& o, int page, bool skip,
                                                    int row0, uint32_t stage, int lane) {
-  const uint8_t* base = p.pages + static_cast<int64_t>(skip ? 0 : page) * p.page_bytes;
-  const uint8_t* keys = base + (o.src + static_cast<uint32_t>(p.key_codes_offset) + static_cast<uint32_t>(row0 * S::kKeyRowBytes));
+  // One 32 x 32 -> 64-bit multiply: page >= 0 here (or skipped), page_bytes <= INT32_MAX (host check).
+  const uint8_t* base = p.pages + static_cast<uint64_t>(static_cast<uint32_t>(skip ? 0 : page)) *
+                                      static_cast<uint32_t>(p.page_bytes);
+  const uint8_t* keys = base + (o.key_src + static_cast<uint32_t>(row0 * S::kKeyRowBytes));
 #pragma unroll
   for (int j = 0; j < S::KeyCopy::kSteps; ++j)
     if (S::KeyCopy::kPieces % kWarpSize == 0 || lane + j * kWarpSize < S::KeyCopy::kPieces)
       device::async_copy_16(stage + o.key_dst + j * S::KeyCopy::kStep, keys + j * S::KeyCopy::kStep, skip);
   if constexpr (kValues) {
     const uint8_t* values =
-        base + (o.src + static_cast<uint32_t>(p.value_codes_offset) + static_cast<uint32_t>(row0 * S::kValueRowBytes));
+        base + (o.value_src + static_cast<uint32_t>(row0 * S::kValueRowBytes));
 #pragma unroll
     for (int j = 0; j < S::ValueCopy::kSteps; ++j)
       if (S::ValueCopy::kPieces % kWarpSize == 0 || lane + j * kWarpSize < S::ValueCopy::kPieces)
@@ -981,6 +986,8 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
   }
 
   const int32_t* block_row = p.block_table + static_cast<int64_t>(seq) * p.max_pages_per_seq;
+  // Held, not rebuilt per chunk from the CTA index and the parameters (ptxas rematerialises it).
+  asm volatile("" : "+l"(block_row));
   float acc[S::kPvTiles][S::kMTiles][kAccRegs];
 #pragma unroll
   for (int u = 0; u < S::kPvTiles; ++u)
