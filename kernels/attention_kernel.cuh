@@ -24,14 +24,17 @@
 //        S^T = K Q^T as 1 or 2 (tiles of 4 heads) x HeadDim/16 (k-steps) mma.m16n8k16: A = key
 //                   codes -> half2 levels through the code table (m = the chunk's 16 tokens),
 //                   B = queries (n = 4 heads x {hi, lo} columns, so c0 + c1 is one head's score);
-//        online softmax per head in log2 units (the running max and the rescale only when a logit
-//                   exceeds it);
+//        online softmax per head in log2 units, rescaled lazily (kRescaleSlack: the reference moves
+//                   to max + 4 only when a logit exceeds it); chunks inside every slot's range
+//                   skip the per-token masks;
 //        O^T += V^T P'  as HeadDim/16 mma.m16n8k16: A = value codes -> half2 levels (m = coordinates,
 //                   k = the 16 tokens; 4 and 2 bits: two tokens' code fields interleaved so that
 //                   one lookup is one A register), B = P' = p_t * value_scale_t in fp16 (n = the 8
 //                   heads; moved from the score layout by two shuffles per tile);
 //      every coordinate permutation below is chosen so that a lane's codes are one contiguous
 //      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
+//      stage rows sit at their page source's offset in a 128-byte line (one shared line per
+//      cp.async wavefront), 64-byte value rows swizzled (Shape::kLinePhase, kValueSwizzle);
 //   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
 // Both kernels may start early under programmatic dependent launch (wait_for_prior_grids) and let
 // the next kernel start early (allow_dependent_grids); the split kernel builds its tables

@@ -35,8 +35,10 @@
 // [1, 2) chosen on the host to make their rounding small (1 / a folded into the logit scale); value
 // levels and the probability-times-value-scale weights are fp16; accumulation is fp32. The generic
 // kernel computes in fp32 throughout. Value scales above 65504 (possible only with fp32 norm
-// storage) overflow the fp16 weights. Measured agreement with the CPU reference: see
-// tests/test_cuda_attention.cpp and kernels/ATTENTION_NOTES.md.
+// storage) overflow the fp16 weights; the online softmax rescales lazily (its reference runs up to
+// 2^4 above the running max, so the largest weight of a split is >= 1/16), which leaves the fp16
+// weights subnormal, and less precise, only for value scales below ~1e-3. Measured agreement with
+// the CPU reference: see tests/test_cuda_attention.cpp and kernels/ATTENTION_NOTES.md.
 #pragma once
 
 #include <cuda_runtime_api.h>
