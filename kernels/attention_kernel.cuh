@@ -268,7 +268,7 @@ struct Shape {
   static constexpr int kStageValueScalesOffset = kStageKeyScalesOffset + kScaleRegionBytes;
   static constexpr int kStageBytes = align_line(kStageValueScalesOffset + kScaleRegionBytes);
   static_assert(kStageKeyScalesOffset % device::kAsyncCopyBytes == 0, "stage regions start 16-byte aligned");
-  static constexpr size_t kRingOffset = (kMainBytes + kLineBytes - 1) / kLineBytes * kLineBytes;
+  static constexpr size_t kRingOffset = align_line(static_cast<int>(kMainBytes));
   // Value rows of 64 bytes read as 8-byte segments (d = 128 at 4 bits): the four rows one LDS.64
   // reaches (quad = 0..3) would meet two by two in the same banks; rows with bit 1 set store their
   // 16-byte pieces with piece index bit 1 flipped (XOR 32 bytes), which makes every read one
