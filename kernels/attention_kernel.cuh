@@ -133,15 +133,17 @@ inline constexpr int kMergeThreads = 128;
 // byte of codes at 4 bits (two codes -> one half2) and at 2 bits (four codes -> two half2), six bits
 // at 3 bits (two codes -> one half2). Each side's entry holds one copy per lane of a wavefront (32
 // copies of 4 bytes, or 16 copies of 8 bytes: a 64-bit load is served per half-warp), so a lookup
-// is conflict-free whatever the codes. Entry stride 256 bytes: for byte units the whole address,
-// unit << 8 | lane offset, is ONE byte permute of the code word and the lane's offset register.
+// is conflict-free whatever the codes. Entry stride 256 bytes: the whole address, unit << 8 | lane
+// offset, is ONE byte permute of a code word and the lane's offset register. The table is indexed
+// by a byte for every width: six-bit units are read through a byte whose two top bits belong to the
+// next unit, so the 3-bit table repeats its 64 entries four times (unit_offset).
 inline constexpr int kEntryBytes = 256;
 inline constexpr int kSideBytes = kEntryBytes / 2;
 
 template <int Bits>
 struct CodeUnit {
   static constexpr int kBits = Bits == 3 ? 6 : 8;          // code bits per unit
-  static constexpr int kEntries = 1 << kBits;
+  static constexpr int kEntries = 1 << kBitsPerByte;         // indexed by a byte (six-bit units: 4 repeats)
   static constexpr int kPairs = kBits / Bits / 2;           // half2 (two codes) per entry: 1 or 2
   static constexpr int kCopyBytes = kPairs * 4;             // one lane's copy of an entry
   static constexpr int kCopies = kSideBytes / kCopyBytes;   // 32 or 16
@@ -159,6 +161,13 @@ __device__ __forceinline__ uint32_t lane_copy_offset(int lane, bool value_side) 
 [[nodiscard]] TQ_HOST_DEVICE constexpr int min_int(int a, int b) { return a < b ? a : b; }
 [[nodiscard]] TQ_HOST_DEVICE constexpr size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 [[nodiscard]] TQ_HOST_DEVICE constexpr int words_for(int bytes) { return (bytes + kBytesPerWord - 1) / kBytesPerWord; }
+// Word `word` of a code stream of `bits`-bit fields: the bits of its even fields (fields 2 f).
+[[nodiscard]] TQ_HOST_DEVICE constexpr uint32_t even_field_mask(int bits, int word) {
+  uint32_t mask = 0u;
+  for (int b = 0; b < kBitsPerWord; ++b)
+    if ((kBitsPerWord * word + b) % (2 * bits) < bits) mask |= 1u << b;
+  return mask;
+}
 
 // ---- the per-warp stage ring ----------------------------------------------------------------------
 // Copies of one 16-token region of rows of `row_bytes` (contiguous in the page and in the stage):
@@ -561,17 +570,17 @@ __device__ __forceinline__ uint32_t unit_offset(const uint32_t (&w)[Words], int 
     const int word = u / kBytesPerWord, byte = u % kBytesPerWord;
     return __byte_perm(w[word], lane_offset, 0x7604u | (static_cast<uint32_t>(byte) << 4));
   } else {
-    // Bits [b, b + 6) of the stream moved to bits 8-13 (one shift or funnel shift), masked and
-    // or-ed with the lane offset (one LOP3).
+    // Six-bit units: unit u starts at bit 6 u; the stream shifted left by (-6 u) mod 8 bits has it at
+    // the start of a byte, which one byte permute takes as for byte units (its two top bits, the next
+    // unit's, pick one of the table's four repeats). Four units per three bytes need the stream at
+    // four shifts, each shifted word (one funnel shift) shared by a unit of every group of four.
     constexpr int kUnitBits = CodeUnit<Bits>::kBits;
-    const int bit = u * kUnitBits, word = bit / kBitsPerWord, offset = bit % kBitsPerWord;
-    uint32_t v;
-    if (offset + kUnitBits <= kBitsPerWord) {
-      v = offset >= kBitsPerByte ? w[word] >> (offset - kBitsPerByte) : w[word] << (kBitsPerByte - offset);
-    } else {
-      v = __funnelshift_r(w[word], w[word + 1], offset - kBitsPerByte);
-    }
-    return (v & (((1u << kUnitBits) - 1u) << kBitsPerByte)) | lane_offset;
+    const int bit = u * kUnitBits, shift = (kBitsPerByte - bit % kBitsPerByte) % kBitsPerByte;
+    const int at = bit + shift, word = at / kBitsPerWord, byte = (at % kBitsPerWord) / kBitsPerByte;
+    const uint32_t high = word < Words ? w[word] : 0u;  // the unit's last bits may end the stream
+    const uint32_t shifted =
+        shift == 0 ? high : (word == 0 ? high << shift : __funnelshift_l(w[word - 1], high, shift));
+    return __byte_perm(shifted, lane_offset, 0x7604u | (static_cast<uint32_t>(byte) << 4));
   }
 }
 
@@ -872,21 +881,27 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
     b0[u] = __byte_perm(even_token, odd_token, kPermLowHalves);
     b1[u] = __byte_perm(even_token, odd_token, kPermHighHalves);
   }
-  if constexpr (CodeUnit<S::kValueBits>::kByteUnits) {
-    // 4 and 2 bits: the code fields of two tokens at the same coordinates are interleaved (one
-    // shift and one bit-select per word), so a table entry is directly an A register: the levels of
+  {
+    // The code fields of two tokens at the same coordinates are interleaved (a shift or funnel shift
+    // and one bit-select per word), so a table entry is directly an A register: the levels of
     // tokens (quad, quad + 4) or (8 + quad, 12 + quad) at coordinate c (rows 0-7) or c + 1
     // (rows 8-15). mix[2 t + f]: token pair t, field f (f = 0: even codes of the stream, 1: odd).
+    // 3-bit fields straddle words (funnel shifts); 4- and 2-bit fields do not.
     constexpr int kBits = S::kValueBits;
-    constexpr uint32_t kEvenFields = kBits == 4 ? 0x0f0f0f0fu : 0x33333333u;  // every other field
+    constexpr bool kWordFields = kBitsPerWord % (2 * kBits) == 0;
     uint32_t mix[kLaneValueRows][S::kValueWords];
 #pragma unroll
     for (int t = 0; t < kPair; ++t)
 #pragma unroll
       for (int w = 0; w < S::kValueWords; ++w) {
-        const uint32_t first = r.value[kPair * t][w], second = r.value[kPair * t + 1][w];
-        mix[kPair * t][w] = (first & kEvenFields) | ((second << kBits) & ~kEvenFields);
-        mix[kPair * t + 1][w] = ((first >> kBits) & kEvenFields) | (second & ~kEvenFields);
+        const uint32_t* first = r.value[kPair * t];
+        const uint32_t* second = r.value[kPair * t + 1];
+        const uint32_t even = even_field_mask(kBits, w);
+        const uint32_t up = kWordFields || w == 0 ? second[w] << kBits : __funnelshift_l(second[w - 1], second[w], kBits);
+        const uint32_t down =
+            kWordFields || w + 1 == S::kValueWords ? first[w] >> kBits : __funnelshift_r(first[w], first[w + 1], kBits);
+        mix[kPair * t][w] = (first[w] & even) | (up & ~even);
+        mix[kPair * t + 1][w] = (down & even) | (second[w] & ~even);
       }
     uint2 unit[kLaneValueRows];  // two-pair units (2 bits): m-tiles 2 j and 2 j + 1
 #pragma unroll
@@ -903,19 +918,6 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
       }
 #pragma unroll
       for (int u = 0; u < S::kPvTiles; ++u) device::mma_f16_m16n8k16(acc[u][mt], a[0], a[1], a[2], a[3], b0[u], b1[u]);
-    }
-  } else {
-    // 3 bits (six-bit units): one lookup per token gives (coordinate c, c + 1); two byte permutes
-    // pair the tokens up.
-#pragma unroll
-    for (int mt = 0; mt < S::kMTiles; ++mt) {
-      uint32_t v[kLaneValueRows];
-#pragma unroll
-      for (int i = 0; i < kLaneValueRows; ++i) v[i] = pair_levels<S::kValueBits>(table, r.value[i], mt, value_offset);
-      const uint32_t a0 = __byte_perm(v[0], v[1], kPermLowHalves), a1 = __byte_perm(v[0], v[1], kPermHighHalves);
-      const uint32_t a2 = __byte_perm(v[2], v[3], kPermLowHalves), a3 = __byte_perm(v[2], v[3], kPermHighHalves);
-#pragma unroll
-      for (int u = 0; u < S::kPvTiles; ++u) device::mma_f16_m16n8k16(acc[u][mt], a0, a1, a2, a3, b0[u], b1[u]);
     }
   }
 }
