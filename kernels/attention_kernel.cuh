@@ -317,7 +317,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 
 // Bytes [p, p + Bytes) of a stage (shared memory) as little-endian words (bits beyond Bytes are
 // unspecified). Align is what the caller guarantees for p. Below 4-byte alignment the covering
-// aligned words are loaded (at most 4 bytes past the segment, still inside the stage: the next row,
+// aligned words are loaded (at most 3 bytes past the segment, still inside the stage: the next row,
 // or the region after the rows) and funnel-shifted.
 template <int Bytes, int Align>
 __device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t (&w)[words_for(Bytes)]) {
@@ -344,15 +344,16 @@ __device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t (&w)[wor
 #pragma unroll
     for (int i = 0; i < Bytes / kWord; ++i) w[i] = reinterpret_cast<const uint32_t*>(p)[i];
   } else {
-    constexpr int kWords = words_for(Bytes);
+    // The aligned words covering the segment: it starts at most kWord - Align bytes into a word.
+    constexpr int kWords = words_for(Bytes), kCover = words_for(Bytes + kWord - Align);
     const auto address = reinterpret_cast<uintptr_t>(p);
     const auto* base = reinterpret_cast<const uint32_t*>(p - (address & (kBytesPerWord - 1)));
     const auto shift = static_cast<uint32_t>(address & (kBytesPerWord - 1)) * kBitsPerByte;
-    uint32_t raw[kWords + 1];
+    uint32_t raw[kCover];
 #pragma unroll
-    for (int i = 0; i <= kWords; ++i) raw[i] = base[i];
+    for (int i = 0; i < kCover; ++i) raw[i] = base[i];
 #pragma unroll
-    for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(raw[i], raw[i + 1], shift);
+    for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(raw[i], i + 1 < kCover ? raw[i + 1] : 0u, shift);
   }
 }
 
