@@ -9,15 +9,17 @@
 //   1. the CTA's range: the attended tokens [first, len) of its sequence, in 16-token chunks,
 //      divided evenly over the splits; an empty range writes (max, sum) = (-inf, 0) and returns;
 //   2. one shared-memory code table (CodeUnit below): a byte of codes (4 and 2 bits) or six bits
-//      (3 bits) -> the half2 level pair(s), K side and V side in each 256-byte entry, one copy per
-//      lane, so a lookup is one byte permute (the address) and one conflict-free LDS; the K levels
+//      (3 bits, read through a byte) -> the half2 level pair(s), K side and V side in each 256-byte
+//      entry, one copy per lane, so a lookup is one byte permute (the address) and one
+//      conflict-free LDS; the K levels
 //      are stored as fp16(a * level) with a host-chosen a in [1, 2) that keeps the roundings small
 //      (params.key_level_scale, folded back into the logit factor);
 //   3. the queries of the head tile (up to 8 heads of one GQA group; in window mode 8 or 16 (token,
 //      head) slots, Shape's PvTiles) rotated with the keys' RHT in
 //      fp32, one head per warp (device::WarpVector: the other warps wait for this at a barrier),
 //      normalised by their largest coordinate and split into fp16 hi + lo, stored once as every
-//      lane's B fragments (one 8-byte load per K.Q^T tile and k-step);
+//      lane's B fragments (one 8-byte load per K.Q^T tile and k-step; one-tile CTAs with byte-unit
+//      keys hold theirs in registers);
 //   4. each warp walks every kAttentionWarps-th chunk through its own ring of kStages shared-memory
 //      stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
 //      registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it runs
@@ -28,8 +30,8 @@
 //                   to max + 4 only when a logit exceeds it); chunks inside every slot's range
 //                   skip the per-token masks;
 //        O^T += V^T P'  as HeadDim/16 mma.m16n8k16: A = value codes -> half2 levels (m = coordinates,
-//                   k = the 16 tokens; 4 and 2 bits: two tokens' code fields interleaved so that
-//                   one lookup is one A register), B = P' = p_t * value_scale_t in fp16 (n = the 8
+//                   k = the 16 tokens; two tokens' code fields interleaved so that one lookup is
+//                   one A register), B = P' = p_t * value_scale_t in fp16 (n = the 8
 //                   heads; moved from the score layout by two shuffles per tile);
 //      every coordinate permutation below is chosen so that a lane's codes are one contiguous
 //      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
@@ -1102,8 +1104,9 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
       factor_log2[nt] = factor[nt] * kLog2e;
     }
     // One K.Q^T tile (a GQA group of <= 4 heads) with byte-unit keys: the query fragments stay in
-    // registers (K4V4 32 x 16K 0.180 against 0.183-0.186 ms; with 3-bit keys 0.209 against 0.200,
-    // so those read shared memory).
+    // registers (K4V4 32 x 16K 0.170-0.172 against 0.176-0.177 ms, H200 A/B). 3-bit keys read shared
+    // memory: in registers they measured 0.209 against 0.200 ms, and after the byte-read 3-bit units
+    // 0.187-0.188 against 0.188 (no gain for the 128-register budget).
     const auto query = [&] {
       if constexpr (kTiles == 1 && S::kPvTiles == 1 && CodeUnit<KeyBits>::kByteUnits) {
         RegisterQuery<S::kKSteps> r;
