@@ -11,9 +11,9 @@
 //   2. one shared-memory code table (CodeUnit below): a byte of codes (4 and 2 bits) or six bits
 //      (3 bits, read through a byte) -> the half2 level pair(s), K side and V side in each 256-byte
 //      entry, one copy per lane, so a lookup is one byte permute (the address) and one
-//      conflict-free LDS; the K levels
-//      are stored as fp16(a * level) with a host-chosen a in [1, 2) that keeps the roundings small
-//      (params.key_level_scale, folded back into the logit factor);
+//      conflict-free LDS; the K levels are stored as fp16(a * level) with a host-chosen a in
+//      [1, 2) that keeps the roundings small (params.key_level_scale, folded back into the logit
+//      factor);
 //   3. the queries of the head tile (up to 8 heads of one GQA group; in window mode 8 or 16 (token,
 //      head) slots, Shape's PvTiles) rotated with the keys' RHT in
 //      fp32, one head per warp (device::WarpVector: the other warps wait for this at a barrier),
