@@ -141,11 +141,11 @@ inline constexpr int kMergeThreads = 128;
 // next unit, so the 3-bit table repeats its 64 entries four times (unit_offset).
 inline constexpr int kEntryBytes = 256;
 inline constexpr int kSideBytes = kEntryBytes / 2;
+inline constexpr int kTableEntries = 1 << kBitsPerByte;  // indexed by a byte (six-bit units: 4 repeats)
 
 template <int Bits>
 struct CodeUnit {
   static constexpr int kBits = Bits == 3 ? 6 : 8;          // code bits per unit
-  static constexpr int kEntries = 1 << kBitsPerByte;         // indexed by a byte (six-bit units: 4 repeats)
   static constexpr int kPairs = kBits / Bits / 2;           // half2 (two codes) per entry: 1 or 2
   static constexpr int kCopyBytes = kPairs * 4;             // one lane's copy of an entry
   static constexpr int kCopies = kSideBytes / kCopyBytes;   // 32 or 16
@@ -245,8 +245,6 @@ struct Shape {
   // Shared memory: the code table, the query B fragments (hi and lo), the per-head logit factors, then the
   // stage ring; after the main loop the same bytes hold the warps' partials (rows padded by one
   // float to spread the banks).
-  static constexpr int kTableEntries =
-      CodeUnit<KeyBits>::kEntries > CodeUnit<ValueBits>::kEntries ? CodeUnit<KeyBits>::kEntries : CodeUnit<ValueBits>::kEntries;
   static constexpr size_t kTableBytes = size_t{kTableEntries} * kEntryBytes;
   // The query B fragments of every K.Q^T tile and k-step, one 8-byte entry per lane:
   // [kQkTiles][kKSteps][32] uint2.
@@ -543,14 +541,14 @@ __device__ __forceinline__ void build_code_table(uint8_t* table, bool value_side
   // select are loaded once (fewer instructions in a prologue that every CTA runs).
   // The first kThreads (8 warps) threads build; a CTA's further warps (16-slot CTAs) skip.
   constexpr int kEntriesPerPass = kThreads / kStoresPerSide;
-  static_assert(U::kEntries % kEntriesPerPass == 0 && (kEntriesPerPass & (kEntriesPerPass - 1)) == 0,
+  static_assert(kTableEntries % kEntriesPerPass == 0 && (kEntriesPerPass & (kEntriesPerPass - 1)) == 0,
                 "whole passes, and a pass number that does not touch the entry's low bits");
   if (threadIdx.x >= kThreads) return;  // warp-uniform
   const auto first = static_cast<uint32_t>(threadIdx.x) / kStoresPerSide;
   auto* dst = reinterpret_cast<uint4*>(table + first * kEntryBytes + (value_side ? kSideBytes : 0)) +
               threadIdx.x % kStoresPerSide;
 #pragma unroll
-  for (int k = 0; k < U::kEntries / kEntriesPerPass; ++k) {
+  for (int k = 0; k < kTableEntries / kEntriesPerPass; ++k) {
     const uint32_t e = first | static_cast<uint32_t>(k * kEntriesPerPass);
     uint32_t w[2] = {0u, 0u};
 #pragma unroll
