@@ -399,12 +399,36 @@ __device__ inline PagedPlace paged_place(const DecodeParams& p, int64_t token_ro
   return q;
 }
 
+// The (token row, head) of walk row `row`. Dense: row = token * heads + head. Paged: groups of
+// kVectors consecutive tokens of one head, row = ((g * heads) + head) * kVectors + t for token
+// g * kVectors + t, so that a warp's vectors are consecutive tokens of one KV head, contiguous in
+// their page (rather than kVectors heads of one token, a head block apart). `token` may reach
+// dim0 rounded up to kVectors (inactive). decode_rows gives the walk's row count.
+template <int kVectors>
+__device__ inline void decode_row_place(const DecodeParams& p, int64_t row, int64_t& token, int32_t& head) {
+  if (p.pages == nullptr) {
+    divmod(row, p.dim1, token, head);
+    return;
+  }
+  static_assert((kVectors & (kVectors - 1)) == 0, "a power of two");
+  int64_t group = 0;
+  divmod(row / kVectors, p.dim1, group, head);
+  token = group * kVectors + (row & (kVectors - 1));
+}
+template <int kVectors>
+__device__ inline int64_t decode_rows(const DecodeParams& p) {
+  return p.pages == nullptr ? p.dim0 * p.dim1.divisor
+                            : (p.dim0 + kVectors - 1) / kVectors * kVectors * p.dim1.divisor;
+}
+
+template <int kVectors>
 __device__ inline PageLookup lookup_page(const DecodeParams& p, int64_t row, int64_t rows) {
   PageLookup l;
   if (p.pages == nullptr || row >= rows) return l;
   int64_t token_row = 0;
   int32_t head = 0;
-  divmod(row, p.dim1, token_row, head);
+  decode_row_place<kVectors>(p, row, token_row, head);
+  if (token_row >= p.dim0) return l;
   const PagedPlace q = paged_place(p, token_row);
   if (q.page_index < p.max_pages_per_seq) {
     l.seq_len = __ldg(p.seq_lens + q.seq);
@@ -414,7 +438,7 @@ __device__ inline PageLookup lookup_page(const DecodeParams& p, int64_t row, int
 }
 
 // Issues the loads of row `row` (paged: its block-table side from lookup_page, loaded before).
-template <int HeadDim, int Bits, int kChunks, typename ChunkOf>
+template <int HeadDim, int Bits, int kVectors, int kChunks, typename ChunkOf>
 __device__ inline void load_decode_row(const DecodeParams& p, int64_t row, int64_t rows, const PageLookup& l,
                                        ChunkOf chunk_of, DecodeRow<kChunks>& r) {
   constexpr int kCodeBytes = HeadDim * Bits / device::kBitsPerByte;
@@ -424,11 +448,11 @@ __device__ inline void load_decode_row(const DecodeParams& p, int64_t row, int64
   int64_t token = 0;
   int32_t head = 0;
   if (active) {
-    divmod(row, p.dim1, token, head);
+    decode_row_place<kVectors>(p, row, token, head);
     if (p.pages != nullptr) {
       // Rows past the sequence (or past the pages given) and bad block-table entries: untouched.
       const PagedPlace q = paged_place(p, token);
-      active = q.token < l.seq_len && l.page >= 0 && l.page < p.num_pages;
+      active = token < p.dim0 && q.token < l.seq_len && l.page >= 0 && l.page < p.num_pages;
       if (active) {
         const uint8_t* at = p.pages + static_cast<int64_t>(l.page) * p.planes.page_bytes + head * p.planes.head_bytes;
         codes = at + p.planes.codes_offset + static_cast<int64_t>(q.in_page) * kCodeBytes;
@@ -475,12 +499,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm<Bits>)
   const int lane_vector = lane / Layout::kLanes;
   const auto chunk_of = [lane_in_vector](int u) { return Layout::chunk_index(lane_in_vector, u); };
   const uint32_t pair_copy = device::pair_copy_offset(lane);
-  const int64_t rows = p.dim0 * p.dim1.divisor;
+  constexpr int kVectors = Layout::kVectorsPerWarp;
+  const int64_t rows = decode_rows<kVectors>(p);
 
-  RowWalk<Layout::kVectorsPerWarp> walk(lane_vector);
+  RowWalk<kVectors> walk(lane_vector);
   DecodeRow<kChunks> next;
-  load_decode_row<HeadDim, Bits>(p, walk.row, rows, lookup_page(p, walk.row, rows), chunk_of, next);
-  PageLookup ahead = lookup_page(p, walk.row + walk.stride, rows);  // the row after `next`
+  load_decode_row<HeadDim, Bits, kVectors>(p, walk.row, rows, lookup_page<kVectors>(p, walk.row, rows), chunk_of, next);
+  PageLookup ahead = lookup_page<kVectors>(p, walk.row + walk.stride, rows);  // the row after `next`
   for (; walk.warp_continues(rows, lane_vector); walk.row += walk.stride) {
     // Take this row out of the prefetch registers, then refill them with the next row.
     float x[kChunks][device::kChunk];
@@ -496,8 +521,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm<Bits>)
     uint8_t* const dst = next.dst;
     // In flight during this row: the codes of the next row, the block-table side of the one after.
     const PageLookup next_lookup = ahead;
-    ahead = lookup_page(p, walk.row + 2 * walk.stride, rows);
-    load_decode_row<HeadDim, Bits>(p, walk.row + walk.stride, rows, next_lookup, chunk_of, next);
+    ahead = lookup_page<kVectors>(p, walk.row + 2 * walk.stride, rows);
+    load_decode_row<HeadDim, Bits, kVectors>(p, walk.row + walk.stride, rows, next_lookup, chunk_of, next);
 
     device::walsh_hadamard<HeadDim>(x, lane);
 
