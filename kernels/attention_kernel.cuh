@@ -171,6 +171,14 @@ __device__ __forceinline__ uint32_t lane_copy_offset(int lane, bool value_side) 
   return mask;
 }
 
+// (ones & mask) | (zeros & ~mask) as ONE lop3 with the mask as its immediate operand (nvcc 13 emits
+// an AND and an AND-OR for the C++ expression when the mask is a constant).
+__device__ __forceinline__ uint32_t select_bits(uint32_t mask, uint32_t ones, uint32_t zeros) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xE2;" : "=r"(r) : "r"(ones), "r"(mask), "r"(zeros));
+  return r;
+}
+
 // ---- the per-warp stage ring ----------------------------------------------------------------------
 // Copies of one 16-token region of rows of `row_bytes` (contiguous in the page and in the stage):
 // row_bytes 16-byte pieces; lane l copies pieces l, l + 32, ... (the last step maybe partial).
@@ -315,12 +323,14 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 
-// Bytes [p, p + Bytes) of a stage (shared memory) as little-endian words (bits beyond Bytes are
-// unspecified). Align is what the caller guarantees for p. Below 4-byte alignment the covering
-// aligned words are loaded (at most 3 bytes past the segment, still inside the stage: the next row,
-// or the region after the rows) and funnel-shifted.
+// Bytes [p + bits / 8, ...) of a stage (shared memory) as little-endian words (bits beyond Bytes are
+// unspecified). Align is what the caller guarantees for the segment; `bits` is nonzero only below
+// 4-byte alignment, where p is the word-aligned address below the segment and bits its offset in
+// that word (a lane constant, segment_read): the covering aligned words are loaded (at most 3
+// bytes past the segment, still inside the stage: the next row, or the region after the rows) and
+// funnel-shifted.
 template <int Bytes, int Align>
-__device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t (&w)[words_for(Bytes)]) {
+__device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t bits, uint32_t (&w)[words_for(Bytes)]) {
   constexpr int kWide = sizeof(uint4), kDouble = sizeof(uint2), kWord = sizeof(uint32_t);
   if constexpr (Align >= kWide && Bytes % kWide == 0) {
 #pragma unroll
@@ -346,14 +356,12 @@ __device__ __forceinline__ void load_segment(const uint8_t* p, uint32_t (&w)[wor
   } else {
     // The aligned words covering the segment: it starts at most kWord - Align bytes into a word.
     constexpr int kWords = words_for(Bytes), kCover = words_for(Bytes + kWord - Align);
-    const auto address = reinterpret_cast<uintptr_t>(p);
-    const auto* base = reinterpret_cast<const uint32_t*>(p - (address & (kBytesPerWord - 1)));
-    const auto shift = static_cast<uint32_t>(address & (kBytesPerWord - 1)) * kBitsPerByte;
+    const auto* base = reinterpret_cast<const uint32_t*>(p);
     uint32_t raw[kCover];
 #pragma unroll
     for (int i = 0; i < kCover; ++i) raw[i] = base[i];
 #pragma unroll
-    for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(raw[i], i + 1 < kCover ? raw[i + 1] : 0u, shift);
+    for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(raw[i], i + 1 < kCover ? raw[i + 1] : 0u, bits);
   }
 }
 
@@ -402,11 +410,29 @@ struct LaneStage {
   uint32_t scale_src;        // in a page: the scale piece this lane copies (at row 0), lanes 0-7 only
   uint32_t scale_dst;        // in a stage: where it goes
   uint32_t scale_row_bytes;  // 2 (fp16) or 4 (fp32) bytes per row of that plane; 0: no scale piece
-  uint32_t key_read;         // in a stage: this lane's key segment of row `group`
+  uint32_t key_read;         // in a stage: this lane's key segment of row `group` (its word, segment_read)
   uint32_t value_read;       // ... its value segment of row `quad`
+  uint32_t key_read_bits;    // the segments' bit offsets in those words (0 unless 3-bit segments)
+  uint32_t value_read_bits;
   uint32_t key_scale_read;   // ... its key scale of row `group`
   uint32_t value_scale_read;
 };
+
+// A lane's segment at byte `offset` of a stage as (its word-aligned offset, its bit offset in that
+// word) for segments below 4-byte alignment (3-bit sides): stages start on 128-byte lines and rows
+// are whole words apart, so the offset in the word is the same for every row and chunk and is taken
+// once here rather than per load.
+template <int Align, int RowBytes>
+__device__ __forceinline__ void segment_read(uint32_t offset, uint32_t& read, uint32_t& bits) {
+  if constexpr (Align >= kBytesPerWord) {
+    read = offset;
+    bits = 0u;
+  } else {
+    static_assert(RowBytes % kBytesPerWord == 0, "rows a whole number of words apart");
+    read = offset & ~static_cast<uint32_t>(kBytesPerWord - 1);
+    bits = (offset % kBytesPerWord) * kBitsPerByte;
+  }
+}
 
 // `ring` is the shared address of the warp's stage ring (stages are whole 128-byte lines apart).
 template <class S, bool kValues>
@@ -452,8 +478,10 @@ __device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv
   o.scale_src = head + static_cast<uint32_t>(value_scales ? p.value_scales_offset : p.key_scales_offset) +
                 static_cast<uint32_t>(piece * device::kAsyncCopyBytes);
   o.scale_dst = (value_scales ? S::kStageValueScalesOffset : S::kStageKeyScalesOffset) + piece * device::kAsyncCopyBytes;
-  o.key_read = key_shift + group * S::kKeyRowBytes + quad * S::kKeySegmentBytes;
-  o.value_read = S::kStageValueOffset + value_shift + value_segment;
+  segment_read<S::kKeySegmentAlign, S::kKeyRowBytes>(key_shift + group * S::kKeyRowBytes + quad * S::kKeySegmentBytes,
+                                                    o.key_read, o.key_read_bits);
+  segment_read<S::kValueSegmentAlign, S::kValueRowBytes>(S::kStageValueOffset + value_shift + value_segment,
+                                                        o.value_read, o.value_read_bits);
   o.key_scale_read = S::kStageKeyScalesOffset + group * (f32_keys ? sizeof(float) : sizeof(uint16_t));
   o.value_scale_read = S::kStageValueScalesOffset + group * (f32_values ? sizeof(float) : sizeof(uint16_t));
   return o;
@@ -513,14 +541,16 @@ __device__ __forceinline__ void read_chunk(const uint8_t* stage, const LaneStage
   const int value_scale_bytes = value_norm == NormStorage::kF32 ? sizeof(float) : sizeof(uint16_t);
 #pragma unroll
   for (int j = 0; j < kTokenRows; ++j) {
-    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + j * kMmaN * S::kKeyRowBytes, r.key[j]);
+    load_segment<S::kKeySegmentBytes, S::kKeySegmentAlign>(stage + o.key_read + j * kMmaN * S::kKeyRowBytes,
+                                                           o.key_read_bits, r.key[j]);
     r.key_scale[j] = load_scale(stage + o.key_scale_read + j * kMmaN * key_scale_bytes, key_norm);
   }
   if constexpr (kValues) {
 #pragma unroll
     for (int i = 0; i < kLaneValueRows; ++i) {
       const int row = (i / kPair) * kMmaN + (i % kPair) * kPairRows;  // after the lane's first token
-      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueRowBytes, r.value[i]);
+      load_segment<S::kValueSegmentBytes, S::kValueSegmentAlign>(stage + o.value_read + row * S::kValueRowBytes,
+                                                                 o.value_read_bits, r.value[i]);
     }
 #pragma unroll
     for (int j = 0; j < kTokenRows; ++j)
@@ -901,8 +931,8 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
         const uint32_t up = kWordFields || w == 0 ? second[w] << kBits : __funnelshift_l(second[w - 1], second[w], kBits);
         const uint32_t down =
             kWordFields || w + 1 == S::kValueWords ? first[w] >> kBits : __funnelshift_r(first[w], first[w + 1], kBits);
-        mix[kPair * t][w] = (first[w] & even) | (up & ~even);
-        mix[kPair * t + 1][w] = (down & even) | (second[w] & ~even);
+        mix[kPair * t][w] = select_bits(even, first[w], up);
+        mix[kPair * t + 1][w] = select_bits(even, down, second[w]);
       }
     uint2 unit[kLaneValueRows];  // two-pair units (2 bits): m-tiles 2 j and 2 j + 1
 #pragma unroll
