@@ -36,7 +36,7 @@
 //      every coordinate permutation below is chosen so that a lane's codes are one contiguous
 //      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
 //      stage rows sit at their page source's offset in a 128-byte line (one shared line per
-//      cp.async wavefront), 64-byte value rows swizzled (Shape::kLinePhase, kValueSwizzle);
+//      cp.async wavefront), 64-byte value rows swizzled (Shape::kLinePhaseSlack, kValueSwizzle);
 //   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
 // Both kernels may start early under programmatic dependent launch (wait_for_prior_grids) and let
 // the next kernel start early (allow_dependent_grids); the split kernel builds its tables
@@ -272,10 +272,10 @@ struct Shape {
   using KeyCopy = RegionCopy<kKeyRowBytes>;
   using ValueCopy = RegionCopy<kValueRowBytes>;
   static constexpr int kLineBytes = 128;
-  // The line phase is applied when both sides have byte units (2 and 4 bits); 3-bit segments are
-  // read unaligned, where the runtime offset cost more instructions than the wavefronts saved
-  // (K3V3 32 x 16K: 0.208 against 0.200 ms; K4V4 0.185 against 0.190).
-  static constexpr bool kLinePhase = CodeUnit<KeyBits>::kByteUnits && CodeUnit<ValueBits>::kByteUnits;
+  // Every width takes the line phase: it shifts a segment by a multiple of 16 bytes, so a 3-bit
+  // segment keeps its offset in a word, taken once per lane (segment_read). (While that offset was
+  // taken per load, the line phase cost 3-bit sides more than it saved: K3V3 32 x 16K 0.208 against
+  // 0.200 ms; with it taken once, 0.180 against 0.183, H200 A/B of 2026-11-29.)
   static constexpr int kLinePhaseSlack = kLineBytes - device::kAsyncCopyBytes;
   static constexpr int align_line(int bytes) { return (bytes + kLineBytes - 1) / kLineBytes * kLineBytes; }
   static constexpr int kScaleRegionBytes = kAttentionChunkTokens * static_cast<int>(sizeof(float));
@@ -451,12 +451,9 @@ __device__ __forceinline__ LaneStage lane_stage(const AttentionParams& p, int kv
   // 128-byte aligned, the usual case; any offset is correct, only the wavefront count differs).
   const auto page_line = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p.pages));
   constexpr uint32_t kLineMask = S::kLineBytes - 1;
-  const uint32_t key_shift =
-      S::kLinePhase ? (page_line + head + static_cast<uint32_t>(p.key_codes_offset) - ring) & kLineMask : 0u;
+  const uint32_t key_shift = (page_line + head + static_cast<uint32_t>(p.key_codes_offset) - ring) & kLineMask;
   const uint32_t value_shift =
-      S::kLinePhase
-          ? (page_line + head + static_cast<uint32_t>(p.value_codes_offset) - ring - S::kStageValueOffset) & kLineMask
-          : 0u;
+      (page_line + head + static_cast<uint32_t>(p.value_codes_offset) - ring - S::kStageValueOffset) & kLineMask;
   uint32_t value_piece = static_cast<uint32_t>(lane * device::kAsyncCopyBytes);
   uint32_t value_segment = quad * S::kValueRowBytes + group * S::kValueSegmentBytes;
   if constexpr (S::kValueSwizzle) {
@@ -1131,12 +1128,12 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
       factor[nt] = factor_s[nt * kHeadsPerQkTile + quad];
       factor_log2[nt] = factor[nt] * kLog2e;
     }
-    // One K.Q^T tile (a GQA group of <= 4 heads) with byte-unit keys: the query fragments stay in
-    // registers (K4V4 32 x 16K 0.170-0.172 against 0.176-0.177 ms, H200 A/B). 3-bit keys read shared
-    // memory: in registers they measured 0.209 against 0.200 ms, and after the byte-read 3-bit units
-    // 0.187-0.188 against 0.188 (no gain for the 128-register budget).
+    // One K.Q^T tile (a GQA group of <= 4 heads): the query fragments stay in registers (K4V4 32 x
+    // 16K 0.170-0.172 against 0.176-0.177 ms, H200 A/B). For 3-bit keys they did not pay while a
+    // 3-bit segment's offset was taken per load (0.209 against 0.200 ms, then 0.187-0.188 against
+    // 0.188); since segment_read, 0.178-0.179 against 0.180 (H200 A/B, 2026-11-29).
     const auto query = [&] {
-      if constexpr (kTiles == 1 && S::kPvTiles == 1 && CodeUnit<KeyBits>::kByteUnits) {
+      if constexpr (kTiles == 1 && S::kPvTiles == 1) {
         RegisterQuery<S::kKSteps> r;
 #pragma unroll
         for (int kk = 0; kk < S::kKSteps; ++kk) r.q[kk] = qfrag[kk * kWarpSize + lane];
