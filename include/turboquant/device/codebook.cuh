@@ -87,21 +87,38 @@ __device__ inline void store_chunk_codes(uint8_t* codes, int chunk, uint32_t wor
   }
 }
 
+// The code word of chunk `chunk` (Bits bytes at Bits * chunk) in two steps: load_chunk_codes issues
+// the loads, chunk_code_word joins them where the word is used. (3 bits: a 2-byte load at the even
+// address among the first two bytes and a 1-byte load beside it; joined right after the loads,
+// the join would wait for them, which a load meant to run ahead must not.)
+struct ChunkCodeLoads {
+  uint32_t first = 0u;   // the word (1, 2, 4 bits), or the 2-byte part (3 bits)
+  uint32_t second = 0u;  // the 1-byte part (3 bits)
+};
 template <int Bits>
-__device__ inline uint32_t load_chunk_codes(const uint8_t* codes, int chunk) {
+__device__ inline ChunkCodeLoads load_chunk_codes(const uint8_t* codes, int chunk) {
   const uint8_t* p = codes + Bits * chunk;
+  ChunkCodeLoads l;
   if constexpr (Bits == 4) {
-    return __ldg(reinterpret_cast<const unsigned int*>(p));
+    l.first = __ldg(reinterpret_cast<const unsigned int*>(p));
   } else if constexpr (Bits == 2) {
-    return __ldg(reinterpret_cast<const unsigned short*>(p));
+    l.first = __ldg(reinterpret_cast<const unsigned short*>(p));
   } else if constexpr (Bits == 1) {
-    return __ldg(p);
+    l.first = __ldg(p);
   } else {
     static_assert(Bits == 3, "bits must be 1..4");
     const int odd = chunk & 1;
-    const uint32_t half = __ldg(reinterpret_cast<const unsigned short*>(p + odd));
-    const uint32_t byte = __ldg(p + (odd ? 0 : 2));
-    return odd ? (byte | (half << kBitsPerByte)) : (half | (byte << (2 * kBitsPerByte)));
+    l.first = __ldg(reinterpret_cast<const unsigned short*>(p + odd));
+    l.second = __ldg(p + (odd ? 0 : 2));
+  }
+  return l;
+}
+template <int Bits>
+__device__ inline uint32_t chunk_code_word(const ChunkCodeLoads& l, int chunk) {
+  if constexpr (Bits != 3) {
+    return l.first;
+  } else {
+    return (chunk & 1) != 0 ? (l.second | (l.first << kBitsPerByte)) : (l.first | (l.second << (2 * kBitsPerByte)));
   }
 }
 
