@@ -18,8 +18,8 @@
 //      head) slots, Shape's PvTiles) rotated with the keys' RHT in
 //      fp32, one head per warp (device::WarpVector: the other warps wait for this at a barrier),
 //      normalised by their largest coordinate and split into fp16 hi + lo, stored once as every
-//      lane's B fragments (one 8-byte load per K.Q^T tile and k-step; one-tile CTAs with byte-unit
-//      keys hold theirs in registers);
+//      lane's B fragments (one 8-byte load per K.Q^T tile and k-step; one-tile CTAs hold theirs
+//      in registers);
 //   4. each warp walks every kAttentionWarps-th chunk through its own ring of kStages shared-memory
 //      stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
 //      registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it runs
