@@ -171,8 +171,8 @@ __device__ __forceinline__ uint32_t lane_copy_offset(int lane, bool value_side) 
   return mask;
 }
 
-// (ones & mask) | (zeros & ~mask) as ONE lop3 with the mask as its immediate operand (nvcc 13 emits
-// an AND and an AND-OR for the C++ expression when the mask is a constant).
+// (ones & mask) | (zeros & ~mask) as ONE lop3; a constant mask becomes its immediate operand (for
+// the C++ expression with a constant mask nvcc 13 emits an AND and an AND-OR).
 __device__ __forceinline__ uint32_t select_bits(uint32_t mask, uint32_t ones, uint32_t zeros) {
   uint32_t r;
   asm("lop3.b32 %0, %1, %2, %3, 0xE2;" : "=r"(r) : "r"(ones), "r"(mask), "r"(zeros));
