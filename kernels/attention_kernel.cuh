@@ -81,7 +81,6 @@ inline constexpr int kMmaK = 16;
 inline constexpr int kQuads = 4;                    // lanes of one group
 inline constexpr int kGroups = kWarpSize / kQuads;  // groups of a warp: 8
 
-inline constexpr int kThreads = kAttentionWarps * kWarpSize;
 inline constexpr int kHeads = kAttentionHeadsPerCta;
 inline constexpr int kChunkTokens = kAttentionChunkTokens;
 static_assert(kChunkTokens == kMmaK && kChunkTokens == kMmaM,
@@ -137,11 +136,14 @@ inline constexpr int kMergeThreads = 128;
 // copies of 4 bytes, or 16 copies of 8 bytes: a 64-bit load is served per half-warp), so a lookup
 // is conflict-free whatever the codes. Entry stride 256 bytes: the whole address, unit << 8 | lane
 // offset, is ONE byte permute of a code word and the lane's offset register. The table is indexed
-// by a byte for every width: six-bit units are read through a byte whose two top bits belong to the
-// next unit, so the 3-bit table repeats its 64 entries four times (unit_offset).
+// by a byte for every width. Six-bit units (3 bits) are read through a byte that holds the unit in
+// its low six bits (phase 0) or its high six bits (phase 1), the other two bits belonging to a
+// neighbour: with a 3-bit side the table is two tables of kTableBytes, phase 0 with entry e = unit
+// e % 64 and phase 1 with entry e = unit e / 4 (unit_offset).
 inline constexpr int kEntryBytes = 256;
 inline constexpr int kSideBytes = kEntryBytes / 2;
-inline constexpr int kTableEntries = 1 << kBitsPerByte;  // indexed by a byte (six-bit units: 4 repeats)
+inline constexpr int kTableEntries = 1 << kBitsPerByte;  // indexed by a byte
+inline constexpr uint32_t kPhaseTableBytes = kTableEntries * kEntryBytes;  // one phase: 64 KB
 
 template <int Bits>
 struct CodeUnit {
@@ -219,8 +221,11 @@ struct Shape {
   static constexpr int kQkTiles = kQkTilesPerPvTile * PvTiles;
   // Warps of a CTA (attention_split_warps): each walks every kWarps-th chunk; the query vectors are
   // taken one per warp in kQueryPasses passes.
-  static constexpr int kWarps = attention_split_warps(kSlots);
+  static constexpr int kWarps = attention_split_warps(HeadDim, kSlots, KeyBits, ValueBits);
+  static constexpr int kCtasPerSm = attention_ctas_per_sm(HeadDim, kSlots, KeyBits, ValueBits);
   static constexpr int kThreads = kWarps * kWarpSize;
+  // Threads that build the code table: the largest power of two of warps (16 of 16, 8 of 12).
+  static constexpr int kBuildThreads = (kWarps >= 16 ? 16 : 8) * kWarpSize;
   static constexpr int kQueryPasses = (kSlots + kWarps - 1) / kWarps;
   static constexpr int kKeyBits = KeyBits;
   static constexpr int kValueBits = ValueBits;
@@ -253,7 +258,8 @@ struct Shape {
   // Shared memory: the code table, the query B fragments (hi and lo), the per-head logit factors, then the
   // stage ring; after the main loop the same bytes hold the warps' partials (rows padded by one
   // float to spread the banks).
-  static constexpr size_t kTableBytes = size_t{kTableEntries} * kEntryBytes;
+  static constexpr int kPhases = attention_phase_tables(KeyBits, ValueBits) ? 2 : 1;
+  static constexpr size_t kTableBytes = size_t{kPhases} * kPhaseTableBytes;
   // The query B fragments of every K.Q^T tile and k-step, one 8-byte entry per lane:
   // [kQkTiles][kKSteps][32] uint2.
   static constexpr size_t kQueryFragmentBytes = sizeof(uint2) * kQkTiles * kKSteps * kWarpSize;
@@ -556,59 +562,71 @@ __device__ __forceinline__ void read_chunk(const uint8_t* stage, const LaneStage
 }
 
 // Fills side `value_side` of every entry of the code table (see CodeUnit): entry e's codes (LSB
-// first, Bits each) -> the half2 of scale * level of consecutive codes, one copy per lane (16-byte
-// stores of 128 bytes per entry side).
-template <int Bits>
+// first, Bits each; 3 bits: of phase 0 from bit 0, of phase 1 from bit 2) -> the half2 of
+// scale * level of consecutive codes, one copy per lane (16-byte stores of 128 bytes per entry side).
+// Threads: the CTA's threads that build (a power of two of warps).
+template <int Bits, int Threads>
 __device__ __forceinline__ void build_code_table(uint8_t* table, bool value_side, const float* levels, float scale) {
   using U = CodeUnit<Bits>;
   constexpr uint32_t kMask = (1u << Bits) - 1u;
   constexpr int kStoresPerSide = kSideBytes / static_cast<int>(sizeof(uint4));
-  // Thread t stores part t % 8 of entries t / 8 + 32 k: consecutive lanes fill consecutive 16 bytes
-  // (conflict-free), and the entry's low five bits are the same in every pass, so the levels they
-  // select are loaded once (fewer instructions in a prologue that every CTA runs).
-  // The first kThreads (8 warps) threads build; a CTA's further warps (16-slot CTAs) skip.
-  constexpr int kEntriesPerPass = kThreads / kStoresPerSide;
+  // Thread t stores part t % 8 of entries t / 8 + (Threads / 8) k: consecutive lanes fill
+  // consecutive 16 bytes (conflict-free), and the entry's low bits are the same in every pass, so
+  // the levels they select are loaded once (fewer instructions in a prologue that every CTA runs).
+  constexpr int kEntriesPerPass = Threads / kStoresPerSide;
   static_assert(kTableEntries % kEntriesPerPass == 0 && (kEntriesPerPass & (kEntriesPerPass - 1)) == 0,
                 "whole passes, and a pass number that does not touch the entry's low bits");
-  if (threadIdx.x >= kThreads) return;  // warp-uniform
+  if (threadIdx.x >= Threads) return;  // warp-uniform
   const auto first = static_cast<uint32_t>(threadIdx.x) / kStoresPerSide;
-  auto* dst = reinterpret_cast<uint4*>(table + first * kEntryBytes + (value_side ? kSideBytes : 0)) +
-              threadIdx.x % kStoresPerSide;
+  constexpr int kPhases = U::kByteUnits ? 1 : 2;
 #pragma unroll
-  for (int k = 0; k < kTableEntries / kEntriesPerPass; ++k) {
-    const uint32_t e = first | static_cast<uint32_t>(k * kEntriesPerPass);
-    uint32_t w[2] = {0u, 0u};
+  for (int phase = 0; phase < kPhases; ++phase) {
+    const int from = phase * (kBitsPerByte - U::kBits);  // the unit's first bit in the byte
+    auto* dst = reinterpret_cast<uint4*>(table + phase * kPhaseTableBytes + first * kEntryBytes +
+                                         (value_side ? kSideBytes : 0)) +
+                threadIdx.x % kStoresPerSide;
 #pragma unroll
-    for (int j = 0; j < U::kPairs; ++j) {
-      const uint32_t low = (e >> (2 * j * Bits)) & kMask;
-      const uint32_t high = (e >> ((2 * j + 1) * Bits)) & kMask;
-      w[j] = half2_bits(scale * levels[low], scale * levels[high]);
+    for (int k = 0; k < kTableEntries / kEntriesPerPass; ++k) {
+      const uint32_t e = first | static_cast<uint32_t>(k * kEntriesPerPass);
+      uint32_t w[2] = {0u, 0u};
+#pragma unroll
+      for (int j = 0; j < U::kPairs; ++j) {
+        const uint32_t low = (e >> (from + 2 * j * Bits)) & kMask;
+        const uint32_t high = (e >> (from + (2 * j + 1) * Bits)) & kMask;
+        w[j] = half2_bits(scale * levels[low], scale * levels[high]);
+      }
+      dst[k * kEntriesPerPass * (kEntryBytes / static_cast<int>(sizeof(uint4)))] =
+          U::kPairs == 1 ? make_uint4(w[0], w[0], w[0], w[0]) : make_uint4(w[0], w[1], w[0], w[1]);
     }
-    dst[k * kEntriesPerPass * (kEntryBytes / static_cast<int>(sizeof(uint4)))] =
-        U::kPairs == 1 ? make_uint4(w[0], w[0], w[0], w[0]) : make_uint4(w[0], w[1], w[0], w[1]);
   }
 }
 
 // Byte offset in the code table of unit `u` (of the side and lane folded into `lane_offset`) of a
-// little-endian code word stream: for byte units one byte permute (unit byte -> bits 8-15, the lane
-// offset -> bits 0-7), else an extract and a shift-or.
+// little-endian code word stream: one byte permute (the byte holding the unit -> bits 8-15, the lane
+// offset -> bits 0-7), for six-bit units after a shift and with the phase table's base added.
 template <int Bits, int Words>
 __device__ __forceinline__ uint32_t unit_offset(const uint32_t (&w)[Words], int u, uint32_t lane_offset) {
   if constexpr (CodeUnit<Bits>::kByteUnits) {
     const int word = u / kBytesPerWord, byte = u % kBytesPerWord;
     return __byte_perm(w[word], lane_offset, 0x7604u | (static_cast<uint32_t>(byte) << 4));
   } else {
-    // Six-bit units: unit u starts at bit 6 u; the stream shifted left by (-6 u) mod 8 bits has it at
-    // the start of a byte, which one byte permute takes as for byte units (its two top bits, the next
-    // unit's, pick one of the table's four repeats). Four units per three bytes need the stream at
-    // four shifts, each shifted word (one funnel shift) shared by a unit of every group of four.
+    // Six-bit units: four per three bytes, unit 4 k + r at bit 24 k + 6 r. Units r = 0 and 3 lie in
+    // the low (phase 0) and high six bits (phase 1) of bytes 3 k and 3 k + 2; in the stream shifted
+    // left by 4 bits, units r = 1 and 2 lie in the high six bits of byte 3 k + 1 and the low six bits
+    // of byte 3 k + 2. So one shifted copy of the words (one funnel shift each, shared by the units
+    // of every group) and the two phase tables take every unit with one byte permute.
     constexpr int kUnitBits = CodeUnit<Bits>::kBits;
-    const int bit = u * kUnitBits, shift = (kBitsPerByte - bit % kBitsPerByte) % kBitsPerByte;
-    const int at = bit + shift, word = at / kBitsPerWord, byte = (at % kBitsPerWord) / kBitsPerByte;
-    const uint32_t high = word < Words ? w[word] : 0u;  // the unit's last bits may end the stream
+    constexpr int kShift = 4;
+    const int r = u % 4;
+    const int shift = r == 1 || r == 2 ? kShift : 0;
+    const int phase = r == 1 || r == 3 ? 1 : 0;
+    const int at = u * kUnitBits + shift - phase * (kBitsPerByte - kUnitBits);  // the byte, in the shifted stream
+    const int word = at / kBitsPerWord, byte = (at % kBitsPerWord) / kBitsPerByte;
+    const uint32_t high = word < Words ? w[word] : 0u;
     const uint32_t shifted =
         shift == 0 ? high : (word == 0 ? high << shift : __funnelshift_l(w[word - 1], high, shift));
-    return __byte_perm(shifted, lane_offset, 0x7604u | (static_cast<uint32_t>(byte) << 4));
+    return __byte_perm(shifted, lane_offset, 0x7604u | (static_cast<uint32_t>(byte) << 4)) +
+           static_cast<uint32_t>(phase) * kPhaseTableBytes;
   }
 }
 
@@ -950,11 +968,9 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   }
 }
 
-// Resident split CTAs per SM the register allocation aims at (attention_ctas_per_sm: <= 128
-// registers up to head_dim 128, <= 255 at 256). Shared memory allows this many (Shape::kSmemBytes:
-// <= 110 KB up to head_dim 128, <= 154 KB at 256).
-template <int HeadDim, int PvTiles>
-inline constexpr int kMinSplitCtasPerSm = attention_ctas_per_sm(HeadDim, kHeads * PvTiles);
+// Resident split CTAs per SM the register allocation aims at (Shape::kCtasPerSm, from
+// attention_ctas_per_sm: <= 128 registers up to head_dim 128, <= 255 at 256 with 8 warps).
+// Shared memory allows this many (checked in the kernel).
 
 // Programmatic dependent launch (sm_90): both kernels may be launched before the previous kernel of
 // the stream has finished; wait_for_prior_grids() returns once it has and its writes are visible.
@@ -981,13 +997,14 @@ __device__ __forceinline__ void allow_dependent_grids() {
 // window, lengths clamped to p.max_context; one launch, no merge). PvTiles: 8 PvTiles query slots
 // per CTA (Shape; p.slots_per_tile).
 template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores = false, int PvTiles = 1>
-__global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWarpSize, kMinSplitCtasPerSm<HeadDim, PvTiles>)
+__global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTiles, KeyBits, ValueBits) * kWarpSize,
+                                  attention_ctas_per_sm(HeadDim, kHeads * PvTiles, KeyBits, ValueBits))
     decode_attention_split_kernel(const __grid_constant__ AttentionParams p) {
   using S = Shape<HeadDim, KeyBits, ValueBits, PvTiles>;
   static_assert(!kScores || PvTiles == 1, "the scores op serves heads, 8 per CTA");
   // sm_90: 227 KB of shared memory per CTA at most, 228 KB per SM with 1 KB reserved per CTA.
   static_assert(S::kSmemBytes <= 227 * 1024 &&
-                    (S::kSmemBytes + 1024) * kMinSplitCtasPerSm<HeadDim, PvTiles> <= 228 * 1024,
+                    (S::kSmemBytes + 1024) * S::kCtasPerSm <= 228 * 1024,
                 "the CTAs per SM the split heuristic plans for (attention_ctas_per_sm) must fit in shared memory");
   extern __shared__ __align__(kMaxLoadBytes) uint8_t smem[];
   uint8_t* table = smem;
@@ -999,8 +1016,8 @@ __global__ void __launch_bounds__(attention_split_warps(kHeads * PvTiles) * kWar
 
   allow_dependent_grids();
   // The code table depends on the parameters only: built while the previous kernel drains.
-  build_code_table<KeyBits>(table, false, p.key_levels, p.key_level_scale);
-  if constexpr (!kScores) build_code_table<ValueBits>(table, true, p.value_levels, 1.0f);
+  build_code_table<KeyBits, S::kBuildThreads>(table, false, p.key_levels, p.key_level_scale);
+  if constexpr (!kScores) build_code_table<ValueBits, S::kBuildThreads>(table, true, p.value_levels, 1.0f);
   wait_for_prior_grids();
 
   const int split = blockIdx.x;
