@@ -219,13 +219,17 @@ struct Shape {
   static constexpr int kPvTiles = PvTiles;
   static constexpr int kSlots = kHeads * PvTiles;
   static constexpr int kQkTiles = kQkTilesPerPvTile * PvTiles;
-  // Warps of a CTA (attention_split_warps): each walks every kWarps-th chunk; the query vectors are
-  // taken one per warp in kQueryPasses passes.
-  static constexpr int kWarps = attention_split_warps(HeadDim, kSlots, KeyBits, ValueBits);
-  static constexpr int kCtasPerSm = attention_ctas_per_sm(HeadDim, kSlots, KeyBits, ValueBits);
-  static constexpr int kThreads = kWarps * kWarpSize;
-  // Threads that build the code table: the largest power of two of warps (16 of 16, 8 of 12).
-  static constexpr int kBuildThreads = (kWarps >= 16 ? 16 : 8) * kWarpSize;
+  // Warps of a work unit (attention_split_warps): each walks every kWarps-th chunk of the unit; the
+  // query vectors are taken one per warp in kQueryPasses passes. A CTA serves kUnits units
+  // (attention_units_per_cta: two with the 3-bit phase tables up to head_dim 128), one per group of
+  // kWarps warps, which share the code table and nothing else.
+  static constexpr int kWarps = attention_split_warps(kSlots);
+  static constexpr int kThreads = kWarps * kWarpSize;  // of a unit
+  static constexpr int kUnits = attention_units_per_cta(HeadDim, kSlots, KeyBits, ValueBits);
+  static constexpr int kCtaThreads = kUnits * kThreads;
+  static constexpr int kCtasPerSm = attention_ctas_per_sm(HeadDim, kSlots) / kUnits;
+  // Threads that build the code table: a power of two of warps (8 of 12, 16 of two units of 8).
+  static constexpr int kBuildThreads = (kUnits * kWarps >= 16 ? 16 : 8) * kWarpSize;
   static constexpr int kQueryPasses = (kSlots + kWarps - 1) / kWarps;
   static constexpr int kKeyBits = KeyBits;
   static constexpr int kValueBits = ValueBits;
@@ -255,15 +259,19 @@ struct Shape {
   static_assert(kKeySegmentCoords == kCoordsPerKStep * kKSteps, "two code pairs per k-step");
   static_assert(kValueSegmentCoords == kPair * kMTiles, "one code pair per m-tile");
 
-  // Shared memory: the code table, the query B fragments (hi and lo), the per-head logit factors, then the
-  // stage ring; after the main loop the same bytes hold the warps' partials (rows padded by one
-  // float to spread the banks).
+  // Shared memory: the code table, then per unit a head (the query B fragments, hi and lo, and the
+  // per-head logit factors) and per warp its stage ring; after the main loop the warps' partials
+  // (rows padded by one float to spread the banks) take the bytes from the table on (one unit: the
+  // CTA is done with the table). Two units: [table][head 0][pad][rings of unit 0][rings of unit
+  // 1][pad][head 1], so that a warp's ring is at a fixed stride from the CTA's first (a unit-uniform
+  // base costs ptxas registers in the walk) and each unit's partials fit in its own bytes (its head,
+  // pad and rings: the other unit may still read the table and its own).
   static constexpr int kPhases = attention_phase_tables(KeyBits, ValueBits) ? 2 : 1;
   static constexpr size_t kTableBytes = size_t{kPhases} * kPhaseTableBytes;
   // The query B fragments of every K.Q^T tile and k-step, one 8-byte entry per lane:
   // [kQkTiles][kKSteps][32] uint2.
   static constexpr size_t kQueryFragmentBytes = sizeof(uint2) * kQkTiles * kKSteps * kWarpSize;
-  static constexpr size_t kMainBytes = kTableBytes + kQueryFragmentBytes + sizeof(float) * kSlots;
+  static constexpr size_t kFactorOffset = kQueryFragmentBytes;
 
   // The stage ring (after the main bytes): kStages stages per warp, each one chunk as
   // [key rows: 16 x kKeyRowBytes][value rows: 16 x kValueRowBytes][key scales][value scales], scales
@@ -291,7 +299,7 @@ struct Shape {
   static constexpr int kStageValueScalesOffset = kStageKeyScalesOffset + kScaleRegionBytes;
   static constexpr int kStageBytes = align_line(kStageValueScalesOffset + kScaleRegionBytes);
   static_assert(kStageKeyScalesOffset % device::kAsyncCopyBytes == 0, "stage regions start 16-byte aligned");
-  static constexpr size_t kRingOffset = align_line(static_cast<int>(kMainBytes));
+  static constexpr size_t kUnitHeadBytes = align_line(static_cast<int>(kFactorOffset + sizeof(float) * kSlots));
   // Value rows of 64 bytes read as 8-byte segments (d = 128 at 4 bits): the four rows one LDS.64
   // reaches (quad = 0..3) would meet two by two in the same banks; rows with bit 1 set store their
   // 16-byte pieces with piece index bit 1 flipped (XOR 32 bytes), which makes every read one
@@ -313,7 +321,18 @@ struct Shape {
   // partial_out ([slot] int64).
   static constexpr size_t kMergeBytes =
       sizeof(float) * kMergeOutFloats + sizeof(float2) * kWarps * kSlots + sizeof(int64_t) * kSlots;
-  static constexpr size_t kSmemBytes = max_size(kRingOffset + kRingBytes, kMergeBytes);
+  static constexpr size_t kUnitPadBytes =
+      kUnits == 1 || kUnitHeadBytes + kRingBytes >= kMergeBytes ? 0 : align_line(static_cast<int>(kMergeBytes - kUnitHeadBytes - kRingBytes));
+  static constexpr size_t kRingsOffset = kTableBytes + kUnitHeadBytes + kUnitPadBytes;  // warp w's ring: + w kRingBytes / kWarps
+  __device__ static constexpr size_t unit_head_offset(int unit) {
+    return unit == 0 ? kTableBytes : kRingsOffset + kUnits * kRingBytes + kUnitPadBytes;
+  }
+  __device__ static constexpr size_t merge_offset(int unit) {
+    return kUnits == 1 ? 0 : (unit == 0 ? kTableBytes : kRingsOffset + kRingBytes);
+  }
+  static constexpr size_t kSmemBytes =
+      max_size(kTableBytes + kUnits * (kUnitHeadBytes + kUnitPadBytes + kRingBytes), kUnits == 1 ? kMergeBytes : 0);
+  static_assert(kUnits == 1 || kUnitHeadBytes + kUnitPadBytes + kRingBytes >= kMergeBytes, "a unit's partials fit in its bytes");
   static_assert(kMergeOutFloats % 2 == 0, "the (max, sum) pairs and partial offsets stay 8-byte aligned");
 };
 
@@ -666,10 +685,10 @@ struct QueryWords {
 
 template <int HeadDim>
 __device__ __forceinline__ QueryWords<HeadDim> load_query(const AttentionParams& p, int token_row0, int kv, int head0,
-                                                         int heads) {
+                                                         int heads, int v) {
   using V = device::WarpVector<HeadDim>;
   static_assert(kAttentionWarps >= kHeads, "one warp per local head");
-  const int v = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
   QueryWords<HeadDim> q{};
   if (v >= heads) return q;  // warp-uniform
   const int slot = head0 + v, token = slot / p.group;
@@ -997,8 +1016,8 @@ __device__ __forceinline__ void allow_dependent_grids() {
 // window, lengths clamped to p.max_context; one launch, no merge). PvTiles: 8 PvTiles query slots
 // per CTA (Shape; p.slots_per_tile).
 template <int HeadDim, int KeyBits, int ValueBits, DType QType, bool kScores = false, int PvTiles = 1>
-__global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTiles, KeyBits, ValueBits) * kWarpSize,
-                                  attention_ctas_per_sm(HeadDim, kHeads * PvTiles, KeyBits, ValueBits))
+__global__ void __launch_bounds__(Shape<HeadDim, KeyBits, ValueBits, PvTiles>::kCtaThreads,
+                                  Shape<HeadDim, KeyBits, ValueBits, PvTiles>::kCtasPerSm)
     decode_attention_split_kernel(const __grid_constant__ AttentionParams p) {
   using S = Shape<HeadDim, KeyBits, ValueBits, PvTiles>;
   static_assert(!kScores || PvTiles == 1, "the scores op serves heads, 8 per CTA");
@@ -1007,24 +1026,40 @@ __global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTile
                     (S::kSmemBytes + 1024) * S::kCtasPerSm <= 228 * 1024,
                 "the CTAs per SM the split heuristic plans for (attention_ctas_per_sm) must fit in shared memory");
   extern __shared__ __align__(kMaxLoadBytes) uint8_t smem[];
+  // This thread's unit (S::kUnits per CTA, see Shape) and its index in it.
+  const int unit = S::kUnits == 1 ? 0 : static_cast<int>(threadIdx.x / S::kThreads);
+  const unsigned unit_thread = S::kUnits == 1 ? threadIdx.x : threadIdx.x % S::kThreads;  // unsigned: shifts
+  const int tid = static_cast<int>(unit_thread);
   uint8_t* table = smem;
-  auto* qfrag = reinterpret_cast<uint2*>(smem + S::kTableBytes);
-  auto* factor_s = reinterpret_cast<float*>(smem + S::kTableBytes + S::kQueryFragmentBytes);
-  auto* merge_out = reinterpret_cast<float*>(smem);                             // after the main loop
+  auto* qfrag = reinterpret_cast<uint2*>(smem + S::unit_head_offset(unit));
+  auto* factor_s = reinterpret_cast<float*>(smem + S::unit_head_offset(unit) + S::kFactorOffset);
+  auto* merge_out = reinterpret_cast<float*>(smem + S::merge_offset(unit));  // after the main loop
   auto* merge_max_sum = reinterpret_cast<float2*>(merge_out + S::kMergeOutFloats);
   auto* merge_partial = reinterpret_cast<int64_t*>(merge_max_sum + S::kWarps * S::kSlots);
+  // A barrier of the unit's threads: the CTA's, or named barrier 1 + unit of kThreads (0 is
+  // __syncthreads').
+  const auto unit_sync = [&] {
+    if constexpr (S::kUnits == 1) {
+      __syncthreads();
+    } else {
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + threadIdx.x / S::kThreads), "r"(S::kThreads) : "memory");
+    }
+  };
 
   allow_dependent_grids();
   // The code table depends on the parameters only: built while the previous kernel drains.
   build_code_table<KeyBits, S::kBuildThreads>(table, false, p.key_levels, p.key_level_scale);
   if constexpr (!kScores) build_code_table<ValueBits, S::kBuildThreads>(table, true, p.value_levels, 1.0f);
+  if constexpr (S::kUnits > 1) __syncthreads();  // the units meet only here: each reads the whole table
   wait_for_prior_grids();
 
   const int split = blockIdx.x;
-  const int kv = blockIdx.y / p.head_tiles;
-  const int tile = blockIdx.y - kv * p.head_tiles;
+  const int row = static_cast<int>(blockIdx.y) * S::kUnits + unit;  // of the KV head tiles
+  if (S::kUnits > 1 && row >= p.kv_heads * p.head_tiles) return;   // the grid's last half, unit-uniform
+  const int kv = row / p.head_tiles;
+  const int tile = row - kv * p.head_tiles;
   const int seq = blockIdx.z;
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int warp = unit_thread / kWarpSize, lane = unit_thread % kWarpSize;
   const int group = lane / kQuads, quad = lane % kQuads;
 
   // The CTA's chunks: the attended range [first, len) in 16-token chunks, split evenly.
@@ -1055,7 +1090,8 @@ __global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTile
   if (heads <= 0) return;  // a window's tile past this sequence's tokens
   QueryWords<HeadDim> query[S::kQueryPasses];  // in flight from here
 #pragma unroll
-  for (int u = 0; u < S::kQueryPasses; ++u) query[u] = load_query<HeadDim>(p, token_row0, kv, head0 + S::kWarps * u, heads - S::kWarps * u);
+  for (int u = 0; u < S::kQueryPasses; ++u)
+    query[u] = load_query<HeadDim>(p, token_row0, kv, head0 + S::kWarps * u, heads - S::kWarps * u, warp);
   const int64_t row0 = static_cast<int64_t>(seq) * p.q_heads + static_cast<int64_t>(kv) * p.group + head0;
   // The partial row (= q / out row * q_heads + head) of local head h; row0 + h in decode.
   const auto partial_row = [&](int h) {
@@ -1079,8 +1115,7 @@ __global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTile
 
   if (begin >= end) {  // nothing to attend in this split: the merge skips it (partial_out unread)
     if (kScores) return;
-    if (threadIdx.x < heads)
-      partial_max_sum[partial_row(threadIdx.x) * p.num_splits + split] = make_float2(kNegInf, 0.0f);
+    if (tid < heads) partial_max_sum[partial_row(tid) * p.num_splits + split] = make_float2(kNegInf, 0.0f);
     return;
   }
 
@@ -1110,7 +1145,7 @@ __global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTile
     // entries first, so that their loads overlap too).
     constexpr int kStages = S::kStages;
     constexpr int kStep = S::kWarps;  // a warp walks chunks begin + warp, + kStep, ...
-    uint8_t* const ring = smem + S::kRingOffset + static_cast<size_t>(warp) * kStages * S::kStageBytes;
+    uint8_t* const ring = smem + S::kRingsOffset + static_cast<size_t>(threadIdx.x / kWarpSize) * kStages * S::kStageBytes;
     const uint32_t ring_address = device::shared_address(ring);
     const LaneStage stage_offsets = lane_stage<S, !kScores>(p, kv, lane, key_norm, value_norm, ring_address);
     int chunk = begin + warp;
@@ -1138,7 +1173,7 @@ __global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTile
 #pragma unroll
     for (int u = 0; u < S::kQueryPasses; ++u)
       store_query_fragments<S, HeadDim, QType>(p, query[u], S::kWarps * u + warp, qfrag, factor_s);
-    __syncthreads();
+    unit_sync();
     float factor[S::kQkTiles], factor_log2[S::kQkTiles];
 #pragma unroll
     for (int nt = 0; nt < S::kQkTiles; ++nt) {
@@ -1236,7 +1271,7 @@ __global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTile
     for (int d = kQuads; d < kWarpSize; d <<= 1) st.l[nt] += __shfl_xor_sync(kFullWarpMask, st.l[nt], d);
 
   // Merge the warps: O^T column 2 quad (+1) = head, row = coordinate group * d/8 + 2 mt (+1).
-  __syncthreads();  // the tables and queries are dead from here
+  unit_sync();  // the queries (one unit: and the tables) are dead from here
   float* mine = merge_out + static_cast<size_t>(warp) * S::kSlots * S::kMergeRowStride;
 #pragma unroll
   for (int u = 0; u < S::kPvTiles; ++u)
@@ -1253,11 +1288,11 @@ __global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTile
     for (int nt = 0; nt < S::kQkTiles; ++nt)
       merge_max_sum[warp * S::kSlots + nt * kHeadsPerQkTile + quad] = make_float2(st.m[nt], st.l[nt]);
   }
-  __syncthreads();
+  unit_sync();
   // Per slot (one thread each): the merged (max, sum), written out, and each warp's weight
   // 2^(max_w - max) in place of its max, so that the element loop below is loads and FMAs only.
-  if (threadIdx.x < heads) {
-    const int h = threadIdx.x;
+  if (tid < heads) {
+    const int h = tid;
     float m = kNegInf;
 #pragma unroll
     for (int w = 0; w < S::kWarps; ++w) m = fmaxf(m, merge_max_sum[w * S::kSlots + h].x);
@@ -1273,8 +1308,8 @@ __global__ void __launch_bounds__(attention_split_warps(HeadDim, kHeads * PvTile
     partial_max_sum[partial] = make_float2(m, l);
     merge_partial[h] = partial * HeadDim;
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < heads * HeadDim; i += S::kThreads) {
+  unit_sync();
+  for (int i = tid; i < heads * HeadDim; i += S::kThreads) {
     const int h = i / HeadDim, j = i % HeadDim;
     float o = 0.0f;
 #pragma unroll
@@ -1451,9 +1486,10 @@ cudaError_t launch_split(const AttentionParams& params, cudaStream_t stream) noe
   const auto kernel = &decode_attention_split_kernel<HeadDim, KeyBits, ValueBits, QType, kScores, PvTiles>;
   const cudaError_t e = allow_shared_memory(kernel, S::kSmemBytes, shared_memory_configured);
   if (e != cudaSuccess) return e;
-  const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>(params.kv_heads * params.head_tiles),
+  const int rows = params.kv_heads * params.head_tiles;
+  const dim3 grid(static_cast<unsigned>(params.num_splits), static_cast<unsigned>((rows + S::kUnits - 1) / S::kUnits),
                   static_cast<unsigned>(params.num_seqs));
-  return launch_programmatic(kernel, grid, dim3(S::kThreads), S::kSmemBytes, params, stream);
+  return launch_programmatic(kernel, grid, dim3(S::kCtaThreads), S::kSmemBytes, params, stream);
 }
 
 }  // namespace attention_kernel

@@ -23,32 +23,38 @@ inline constexpr int kAttentionHeadsPerCta = 8;
 inline constexpr int32_t kMaxAttentionWindow = 16;
 // Warps of a split CTA; each walks every kAttentionWarps-th chunk of the CTA's token range.
 inline constexpr int kAttentionWarps = 8;
-// A side of 3-bit codes is read through two phase tables (attention_kernel.cuh, CodeUnit): twice
-// the code table's 64 KB, so one split CTA per SM holds them.
-[[nodiscard]] constexpr bool attention_phase_tables(int key_bits, int value_bits) noexcept {
-  return key_bits == 3 || value_bits == 3;
-}
 // Split CTAs resident per SM that the split kernel is built for (its __launch_bounds__ minimum;
-// registers and shared memory allow this many): 2 up to head_dim 128 (8 warps each, <= 128
-// registers), 1 at 256, whose accumulators and query fragments take twice the registers. A CTA of
-// 16 query slots (window mode, attention_slots_per_tile) holds twice the accumulators: one per SM,
-// of 12 warps (<= 168 registers). A CTA with phase tables: one per SM, of 16 warps up to head_dim
-// 128 (the same warps per SM as two CTAs of 8, one table for all of them). The split heuristic
-// plans whole waves with it.
-[[nodiscard]] constexpr int attention_ctas_per_sm(int head_dim, int slots, int key_bits, int value_bits) noexcept {
-  return slots <= kAttentionHeadsPerCta && head_dim <= 128 && !attention_phase_tables(key_bits, value_bits) ? 2 : 1;
+// registers and shared memory allow this many): 2 up to head_dim 128 (16 warps, <= 128 registers), 1 at 256, whose accumulators
+// and query fragments take twice the registers. The split heuristic plans whole waves with it.
+// A CTA of 16 query slots (window mode, attention_slots_per_tile) holds twice the accumulators: one
+// per SM, of 12 warps (<= 168 registers). Counted in work units (attention_units_per_cta): a CTA
+// of two units is one of them per SM.
+[[nodiscard]] constexpr int attention_ctas_per_sm(int head_dim, int slots = kAttentionHeadsPerCta) noexcept {
+  return slots <= kAttentionHeadsPerCta && head_dim <= 128 ? 2 : 1;
 }
 
 // Query slots per split CTA (AttentionParams::slots_per_tile): kAttentionHeadsPerCta, or in window
 // mode, when a window's (token, head) pairs fill more than that and head_dim <= 128, twice as many
 // (each chunk's codes are dequantised once for 16 slots instead of 8).
 inline constexpr int kAttentionWideSlots = 2 * kAttentionHeadsPerCta;
-// Warps of a split CTA of `slots` query slots: kAttentionWarps; 12 for 16 slots (the register file
-// holds 12 warps at the 168 registers those need; measured 0.060 ms at 8 warps for a verify
-// window); 16 for 8 slots with phase tables up to head_dim 128 (attention_ctas_per_sm).
-[[nodiscard]] constexpr int attention_split_warps(int head_dim, int slots, int key_bits, int value_bits) noexcept {
-  if (slots > kAttentionHeadsPerCta) return 12;
-  return head_dim <= 128 && attention_phase_tables(key_bits, value_bits) ? 2 * kAttentionWarps : kAttentionWarps;
+// Warps of a split CTA's work unit of `slots` query slots: kAttentionWarps, 12 for 16 slots (the
+// register file holds 12 warps at the 168 registers those need; measured 0.060 ms at 8 warps for a
+// verify window).
+[[nodiscard]] constexpr int attention_split_warps(int slots) noexcept {
+  return slots > kAttentionHeadsPerCta ? 12 : kAttentionWarps;
+}
+
+// A side of 3-bit codes is read through two phase tables (attention_kernel.cuh, CodeUnit): twice
+// the code table's 64 KB.
+[[nodiscard]] constexpr bool attention_phase_tables(int key_bits, int value_bits) noexcept {
+  return key_bits == 3 || value_bits == 3;
+}
+// Work units (a KV head tile of a sequence's split: one row of the grid's y extent) per split CTA:
+// where two CTAs per SM would each need the phase tables (attention_ctas_per_sm), one CTA of twice
+// the warps holds them once and serves two neighbouring KV head tiles, one per half; the grid's y
+// extent is halved (rounded up: a half without a unit returns at once).
+[[nodiscard]] constexpr int attention_units_per_cta(int head_dim, int slots, int key_bits, int value_bits) noexcept {
+  return attention_phase_tables(key_bits, value_bits) && attention_ctas_per_sm(head_dim, slots) == 2 ? 2 : 1;
 }
 [[nodiscard]] constexpr int attention_slots_per_tile(int head_dim, int64_t window_slots) noexcept {
   return head_dim <= 128 && window_slots > kAttentionHeadsPerCta ? kAttentionWideSlots : kAttentionHeadsPerCta;

@@ -55,6 +55,7 @@ const Entry* find_generic_kernel(int32_t head_dim, DType q_dtype) noexcept {
 // CTA's walk: a split should give each CTA clearly more chunks than this.
 constexpr int32_t kPrologueChunks = 8;
 constexpr int32_t kMinChunksPerWarp = 2;
+constexpr int32_t kMinChunksPerSplit = kMinChunksPerWarp * kAttentionWarps;
 
 int32_t ceil_div(int64_t a, int64_t b) noexcept { return static_cast<int32_t>((a + b - 1) / b); }
 
@@ -67,8 +68,6 @@ struct Shape {
   int32_t head_tiles = 0;
   int32_t slots_per_tile = kAttentionHeadsPerCta;  // query slots of a split CTA
   int32_t head_dim = 0;
-  int32_t key_bits = 0;  // 0: stored uncompressed
-  int32_t value_bits = 0;
 };
 
 // Shapes only (no pointers): enough for the split count and the workspace size.
@@ -84,8 +83,6 @@ bool basic_shape(const DecodeAttentionArgs& a, Shape* sh, const detail::DecodeWi
   sh->kv_heads = kv;
   sh->group = a.q.dim1 / kv;
   sh->head_dim = a.format.head_dim();
-  sh->key_bits = a.format.key.bits;
-  sh->value_bits = a.format.value.bits;
   const int64_t slots = int64_t{sh->group} * (w != nullptr ? w->window : 1);
   sh->slots_per_tile = w != nullptr ? detail::attention_slots_per_tile(sh->head_dim, slots) : kAttentionHeadsPerCta;
   sh->head_tiles = ceil_div(slots, sh->slots_per_tile);
@@ -98,25 +95,19 @@ int32_t resolve_splits(const DecodeAttentionArgs& a, const Shape& sh) noexcept {
   // A window may start mid-chunk: one more chunk than the window covers.
   if (a.sliding_window > 0 && a.sliding_window < attended) attended = int64_t{a.sliding_window} + kAttentionChunkTokens;
   const int32_t chunks = ceil_div(attended, kAttentionChunkTokens);
-  const int32_t warps = detail::attention_split_warps(sh.head_dim, sh.slots_per_tile, sh.key_bits, sh.value_bits);
-  const int32_t min_chunks = kMinChunksPerWarp * warps;
-  const int32_t useful = chunks <= min_chunks ? 1 : ceil_div(chunks, min_chunks);
+  const int32_t useful = chunks <= kMinChunksPerSplit ? 1 : ceil_div(chunks, kMinChunksPerSplit);
   // Whole waves: a warp's speed is bound by its latency, not by what else runs on its SM (measured:
   // time flat in bytes), so a call costs (waves) x (chunks of one CTA + its fixed cost). Pick the
   // split count minimising that over the resident CTA slots of the card; ties go to fewer splits.
-  // The fixed cost is kPrologueChunks chunks of a CTA of kAttentionWarps warps (one per warp):
-  // twice as many chunks of a CTA of twice the warps. (Batch 32 x 16K, d 128, K4V4: 1 split = 256
-  // CTAs = 0.97 waves of 264 slots; batch 1 x 128K: 33.)
+  // (Batch 32 x 16K, d 128: 3 splits = 768 CTAs = 1.94 waves of 396 slots; batch 1 x 128K: 49.)
   const int64_t ctas_per_split = int64_t{sh.num_seqs} * sh.kv_heads * sh.head_tiles;
-  const int64_t slots = int64_t{a.sm_count} *
-                        detail::attention_ctas_per_sm(sh.head_dim, sh.slots_per_tile, sh.key_bits, sh.value_bits);
-  const int32_t prologue = kPrologueChunks * warps / kAttentionWarps;
+  const int64_t slots = int64_t{a.sm_count} * detail::attention_ctas_per_sm(sh.head_dim, sh.slots_per_tile);
   const int32_t most = useful < kMaxAttentionSplits ? useful : kMaxAttentionSplits;
   int32_t best = 1;
   int64_t best_cost = -1;
   for (int32_t splits = 1; splits <= most; ++splits) {
     const int64_t waves = (ctas_per_split * splits + slots - 1) / slots;
-    const int64_t cost = waves * (ceil_div(chunks, splits) + prologue);
+    const int64_t cost = waves * (ceil_div(chunks, splits) + kPrologueChunks);
     if (best_cost < 0 || cost < best_cost) {
       best_cost = cost;
       best = splits;

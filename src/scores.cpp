@@ -92,7 +92,7 @@ Status launch_tensor_core(const ScoresArgs& a, TcLauncher launch, cudaStream_t s
   const int64_t capacity = static_cast<int64_t>(a.cache.max_pages_per_seq) * l.page_size;
   const int64_t chunks = (std::min<int64_t>(a.max_context, capacity) + kAttentionChunkTokens - 1) / kAttentionChunkTokens;
   const int64_t units = int64_t{p.num_seqs} * p.kv_heads * p.head_tiles;
-  const int64_t slots = int64_t{kDefaultSmCount} * detail::attention_ctas_per_sm(f.head_dim(), detail::kAttentionHeadsPerCta, f.key.bits, f.key.bits);
+  const int64_t slots = int64_t{kDefaultSmCount} * detail::attention_ctas_per_sm(f.head_dim());
   int64_t splits = (2 * slots + units - 1) / units;
   splits = std::min<int64_t>(splits, std::max<int64_t>(1, (chunks + 7) / 8));
   splits = std::min<int64_t>(std::max<int64_t>(splits, 1), kMaxAttentionSplits);

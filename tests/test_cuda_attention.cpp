@@ -481,14 +481,18 @@ TEST(CudaAttention, NormStorageAndGroups) {
     s.seed = seed++;
     check_case(s);
   }
-  for (int32_t g : {16, 12, 3}) {
-    Spec s;
-    s.group = g;
-    s.kv_heads = g == 16 ? 1 : 3;
-    s.lens = {77, 513};
-    s.seed = seed++;
-    check_case(s);
-  }
+  // 3-bit sides: two work units per CTA (attention_units_per_cta); 3 or 1 KV head tile rows leave
+  // the last CTA's second half without a unit.
+  for (int32_t bits : {4, 3})
+    for (int32_t g : {16, 12, 3}) {
+      Spec s;
+      s.group = g;
+      s.kv_heads = g == 16 ? 1 : 3;
+      s.key_bits = s.value_bits = bits;
+      s.lens = {77, 513};
+      s.seed = seed++;
+      check_case(s);
+    }
 }
 
 // Explicit split counts, including more splits than chunks (empty splits).
