@@ -375,7 +375,7 @@ void BM_DecodeAttention(benchmark::State& state) { run_case(state, 0, true); }
 // shown beside it.
 void BM_DecodeAttentionQueued(benchmark::State& state) { run_case(state, 0, true, kQueuedCalls); }
 
-// Tuning sweep (K4V4): args batch, context, kbits, vbits, splits (0 = heuristic), pdl
+// Tuning sweep (K4V4 and K3V3): args batch, context, kbits, vbits, splits (0 = heuristic), pdl
 // (programmatic dependent launch, 1 = on). Filter with --benchmark_filter=Sweep.
 void BM_DecodeAttentionSweep(benchmark::State& state) {
   run_case(state, static_cast<int32_t>(state.range(4)), state.range(5) != 0);
@@ -385,12 +385,13 @@ void sweep(benchmark::internal::Benchmark* b) {
   // {batch, context, two split counts around the heuristic's}: the heuristic with and without PDL,
   // then the other split counts.
   const int64_t cases[][4] = {{32, 16384, 2, 6}, {1, 131072, 33, 98}, {1, 32768, 17, 33}, {32, 4096, 2, 6}};
-  for (const auto& c : cases) {
-    b->Args({c[0], c[1], 4, 4, 0, 1});
-    b->Args({c[0], c[1], 4, 4, 0, 0});
-    b->Args({c[0], c[1], 4, 4, c[2], 1});
-    b->Args({c[0], c[1], 4, 4, c[3], 1});
-  }
+  for (const int64_t bits : {4, 3})
+    for (const auto& c : cases) {
+      b->Args({c[0], c[1], bits, bits, 0, 1});
+      b->Args({c[0], c[1], bits, bits, 0, 0});
+      b->Args({c[0], c[1], bits, bits, c[2], 1});
+      b->Args({c[0], c[1], bits, bits, c[3], 1});
+    }
   b->ArgNames({"batch", "context", "kbits", "vbits", "splits", "pdl"});
 }
 
