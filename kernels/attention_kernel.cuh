@@ -4,12 +4,14 @@
 // kernels/attention_d<HeadDim>.cu from the list in kernels/attention_instances.inc. Design and
 // numbers: kernels/ATTENTION_NOTES.md.
 //
-// Split kernel, grid (num_splits, kv_heads * head_tiles, num_seqs), kAttentionWarps warps (16-slot
-// CTAs: 12, attention_split_warps):
-//   1. the CTA's range: the attended tokens [first, len) of its sequence, in 16-token chunks,
+// Split kernel, grid (num_splits, kv_heads * head_tiles / units, num_seqs); a work unit is one
+// row of kv_heads * head_tiles (a head tile of a KV head) of one split, of kAttentionWarps warps
+// (16-slot CTAs: 12, attention_split_warps); a CTA serves one unit, or two side by side (one per 8
+// warps) where a 3-bit side's phase tables leave room for one CTA per SM (attention_units_per_cta):
+//   1. the unit's range: the attended tokens [first, len) of its sequence, in 16-token chunks,
 //      divided evenly over the splits; an empty range writes (max, sum) = (-inf, 0) and returns;
 //   2. one shared-memory code table (CodeUnit below): a byte of codes (4 and 2 bits) or six bits
-//      (3 bits, read through a byte) -> the half2 level pair(s), K side and V side in each 256-byte
+//      (3 bits, read through a byte, two phase tables) -> the half2 level pair(s), K side and V side in each 256-byte
 //      entry, one copy per lane, so a lookup is one byte permute (the address) and one
 //      conflict-free LDS; the K levels are stored as fp16(a * level) with a host-chosen a in
 //      [1, 2) that keeps the roundings small (params.key_level_scale, folded back into the logit
@@ -20,7 +22,7 @@
 //      normalised by their largest coordinate and split into fp16 hi + lo, stored once as every
 //      lane's B fragments (one 8-byte load per K.Q^T tile and k-step; one-tile CTAs hold theirs
 //      in registers);
-//   4. each warp walks every kAttentionWarps-th chunk through its own ring of kStages shared-memory
+//   4. each warp walks every kAttentionWarps-th chunk of its unit through its own ring of kStages shared-memory
 //      stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
 //      registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it runs
 //        S^T = K Q^T as 1 or 2 (tiles of 4 heads) x HeadDim/16 (k-steps) mma.m16n8k16: A = key
@@ -37,7 +39,7 @@
 //      byte range of a row (one vector load) and a byte-pair table lookup gives a whole register;
 //      stage rows sit at their page source's offset in a 128-byte line (one shared line per
 //      cp.async wavefront), 64-byte value rows swizzled (Shape::kLinePhaseSlack, kValueSwizzle);
-//   5. the warps' (max, sum, O) merge through shared memory into one partial per (head, split).
+//   5. a unit's warps' (max, sum, O) merge through shared memory into one partial per (head, split).
 // Both kernels may start early under programmatic dependent launch (wait_for_prior_grids) and let
 // the next kernel start early (allow_dependent_grids); the split kernel builds its tables
 // (parameters only) before waiting.
