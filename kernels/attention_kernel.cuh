@@ -11,8 +11,9 @@
 //   1. the unit's range: the attended tokens [first, len) of its sequence, in 16-token chunks,
 //      divided evenly over the splits; an empty range writes (max, sum) = (-inf, 0) and returns;
 //   2. one shared-memory code table (CodeUnit below): a byte of codes (4 and 2 bits) or six bits
-//      (3 bits, read through a byte, two phase tables) -> the half2 level pair(s), K side and V side in each 256-byte
-//      entry, one copy per lane, so a lookup is one byte permute (the address) and one
+//      (3 bits, read through a byte of one of two phase tables) -> the half2 level pair(s), K side
+//      and V side in each 256-byte entry, one copy per lane, so a lookup is one byte permute (the
+//      address) and one
 //      conflict-free LDS; the K levels are stored as fp16(a * level) with a host-chosen a in
 //      [1, 2) that keeps the roundings small (params.key_level_scale, folded back into the logit
 //      factor);
@@ -22,8 +23,8 @@
 //      normalised by their largest coordinate and split into fp16 hi + lo, stored once as every
 //      lane's B fragments (one 8-byte load per K.Q^T tile and k-step; one-tile CTAs hold theirs
 //      in registers);
-//   4. each warp walks every kAttentionWarps-th chunk of its unit through its own ring of kStages shared-memory
-//      stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
+//   4. each warp walks every kAttentionWarps-th chunk of its unit through its own ring of kStages
+//      shared-memory stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
 //      registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it runs
 //        S^T = K Q^T as 1 or 2 (tiles of 4 heads) x HeadDim/16 (k-steps) mma.m16n8k16: A = key
 //                   codes -> half2 levels through the code table (m = the chunk's 16 tokens),
@@ -275,7 +276,7 @@ struct Shape {
   static constexpr size_t kQueryFragmentBytes = sizeof(uint2) * kQkTiles * kKSteps * kWarpSize;
   static constexpr size_t kFactorOffset = kQueryFragmentBytes;
 
-  // The stage ring (after the main bytes): kStages stages per warp, each one chunk as
+  // The stage ring of each warp: kStages stages, each one chunk as
   // [key rows: 16 x kKeyRowBytes][value rows: 16 x kValueRowBytes][key scales][value scales], scales
   // with room for fp32. A warp reads chunk i from stage i % kStages while chunks i + 1 .. i + kStages
   // are in flight (the stage of chunk i is refilled right after its reads). The key and value rows
@@ -324,8 +325,11 @@ struct Shape {
   static constexpr size_t kMergeBytes =
       sizeof(float) * kMergeOutFloats + sizeof(float2) * kWarps * kSlots + sizeof(int64_t) * kSlots;
   static constexpr size_t kUnitPadBytes =
-      kUnits == 1 || kUnitHeadBytes + kRingBytes >= kMergeBytes ? 0 : align_line(static_cast<int>(kMergeBytes - kUnitHeadBytes - kRingBytes));
-  static constexpr size_t kRingsOffset = kTableBytes + kUnitHeadBytes + kUnitPadBytes;  // warp w's ring: + w kRingBytes / kWarps
+      kUnits == 1 || kUnitHeadBytes + kRingBytes >= kMergeBytes
+          ? 0
+          : align_line(static_cast<int>(kMergeBytes - kUnitHeadBytes - kRingBytes));
+  // The CTA's first ring; warp w's (of the CTA) is w kStages kStageBytes further.
+  static constexpr size_t kRingsOffset = kTableBytes + kUnitHeadBytes + kUnitPadBytes;
   __device__ static constexpr size_t unit_head_offset(int unit) {
     return unit == 0 ? kTableBytes : kRingsOffset + kUnits * kRingBytes + kUnitPadBytes;
   }
@@ -334,7 +338,8 @@ struct Shape {
   }
   static constexpr size_t kSmemBytes =
       max_size(kTableBytes + kUnits * (kUnitHeadBytes + kUnitPadBytes + kRingBytes), kUnits == 1 ? kMergeBytes : 0);
-  static_assert(kUnits == 1 || kUnitHeadBytes + kUnitPadBytes + kRingBytes >= kMergeBytes, "a unit's partials fit in its bytes");
+  static_assert(kUnits == 1 || kUnitHeadBytes + kUnitPadBytes + kRingBytes >= kMergeBytes,
+                "a unit's partials fit in its bytes");
   static_assert(kMergeOutFloats % 2 == 0, "the (max, sum) pairs and partial offsets stay 8-byte aligned");
 };
 
@@ -1147,7 +1152,8 @@ __global__ void __launch_bounds__(Shape<HeadDim, KeyBits, ValueBits, PvTiles>::k
     // entries first, so that their loads overlap too).
     constexpr int kStages = S::kStages;
     constexpr int kStep = S::kWarps;  // a warp walks chunks begin + warp, + kStep, ...
-    uint8_t* const ring = smem + S::kRingsOffset + static_cast<size_t>(threadIdx.x / kWarpSize) * kStages * S::kStageBytes;
+    uint8_t* const ring =
+        smem + S::kRingsOffset + static_cast<size_t>(threadIdx.x / kWarpSize) * kStages * S::kStageBytes;  // the CTA's warp
     const uint32_t ring_address = device::shared_address(ring);
     const LaneStage stage_offsets = lane_stage<S, !kScores>(p, kv, lane, key_norm, value_norm, ring_address);
     int chunk = begin + warp;
