@@ -800,6 +800,21 @@ TEST(CudaAttentionHost, TableHeuristicWorkspace) {
   EXPECT_EQ(tqcuda::decode_attention_splits(a), 5);
   a.q.dim1 = 31;  // not a multiple of kv_heads: no size
   EXPECT_EQ(tqcuda::workspace_bytes(a), 0u);
+  // 3-bit sides run two work units per CTA (attention_units_per_cta); the heuristic counts units,
+  // so it plans the same splits as for 4 bits.
+  for (const int32_t context : {4096, 32768, 131072})
+    for (const int32_t seqs : {1, 32}) {
+      tqcuda::DecodeAttentionArgs b;
+      b.cache.num_seqs = seqs;
+      b.q = turboquant::tensor_view<const void*>(nullptr, DType::kF16, seqs, 32, 128);
+      b.max_seq_len = context;
+      b.format = turboquant::make_format(128, 4, 4);
+      b.cache.layout = layout::page_layout(b.format, 16, 8);
+      const int32_t k4 = tqcuda::decode_attention_splits(b);
+      b.format = turboquant::make_format(128, 3, 3);
+      b.cache.layout = layout::page_layout(b.format, 16, 8);
+      EXPECT_EQ(tqcuda::decode_attention_splits(b), k4) << "batch " << seqs << " x " << context;
+    }
 }
 
 }  // namespace

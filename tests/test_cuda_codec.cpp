@@ -334,7 +334,7 @@ void check_encode_decode_parity(const tq::CodecSpec& c, const HostTensor& in, Pa
 
 // ---- the table ---------------------------------------------------------------------------------
 
-TEST(CudaCodecTable, CoversEveryHeadDimAndBits) {
+TEST(CudaCodecHost, TableCoversEveryHeadDimAndBits) {
   std::vector<std::pair<int, int>> seen;
   for (int32_t i = 0; i < tqc::num_codec_kernels(); ++i) seen.emplace_back(tqc::codec_kernel(i).head_dim, tqc::codec_kernel(i).bits);
   for (int d : {64, 128, 256})
