@@ -397,7 +397,8 @@ void sweep(benchmark::internal::Benchmark* b) {
 
 void queued_shapes(benchmark::internal::Benchmark* b) {
   const int64_t batch_context[][2] = {{32, 16384}, {1, 131072}, {1, 32768}, {32, 4096}};
-  for (const auto& bc : batch_context) b->Args({bc[0], bc[1], 4, 4});
+  for (const int64_t bits : {4, 3})
+    for (const auto& bc : batch_context) b->Args({bc[0], bc[1], bits, bits});
   b->ArgNames({"batch", "context", "kbits", "vbits"});
 }
 
