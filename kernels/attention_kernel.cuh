@@ -13,10 +13,9 @@
 //   2. one shared-memory code table (CodeUnit below): a byte of codes (4 and 2 bits) or six bits
 //      (3 bits, read through a byte of one of two phase tables) -> the half2 level pair(s), K side
 //      and V side in each 256-byte entry, one copy per lane, so a lookup is one byte permute (the
-//      address) and one
-//      conflict-free LDS; the K levels are stored as fp16(a * level) with a host-chosen a in
-//      [1, 2) that keeps the roundings small (params.key_level_scale, folded back into the logit
-//      factor);
+//      address) and one conflict-free LDS; the K levels are stored as fp16(a * level) with a
+//      host-chosen a in [1, 2) that keeps the roundings small (params.key_level_scale, folded back
+//      into the logit factor);
 //   3. the queries of the head tile (up to 8 heads of one GQA group; in window mode 8 or 16 (token,
 //      head) slots, Shape's PvTiles) rotated with the keys' RHT in
 //      fp32, one head per warp (device::WarpVector: the other warps wait for this at a barrier),
@@ -24,8 +23,9 @@
 //      lane's B fragments (one 8-byte load per K.Q^T tile and k-step; one-tile CTAs hold theirs
 //      in registers);
 //   4. each warp walks every kAttentionWarps-th chunk of its unit through its own ring of kStages
-//      shared-memory stages filled by cp.async (Shape, issue_chunk_copies): while it computes chunk i from
-//      registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it runs
+//      shared-memory stages filled by cp.async (Shape, issue_chunk_copies): while it computes
+//      chunk i from registers (read_chunk), chunks i + 1 .. i + kStages are in flight; per chunk it
+//      runs
 //        S^T = K Q^T as 1 or 2 (tiles of 4 heads) x HeadDim/16 (k-steps) mma.m16n8k16: A = key
 //                   codes -> half2 levels through the code table (m = the chunk's 16 tokens),
 //                   B = queries (n = 4 heads x {hi, lo} columns, so c0 + c1 is one head's score);
@@ -230,6 +230,9 @@ struct Shape {
   static constexpr int kThreads = kWarps * kWarpSize;  // of a unit
   static constexpr int kUnits = attention_units_per_cta(HeadDim, kSlots, KeyBits, ValueBits);
   static constexpr int kCtaThreads = kUnits * kThreads;
+  // Resident CTAs per SM the register allocation aims at (the kernel's __launch_bounds__ minimum:
+  // <= 128 registers up to head_dim 128, <= 255 at 256 with 8 warps); the kernel checks that shared
+  // memory allows this many.
   static constexpr int kCtasPerSm = attention_ctas_per_sm(HeadDim, kSlots) / kUnits;
   // Threads that build the code table: a power of two of warps (8 of 12, 16 of two units of 8).
   static constexpr int kBuildThreads = (kUnits * kWarps >= 16 ? 16 : 8) * kWarpSize;
@@ -993,10 +996,6 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
     }
   }
 }
-
-// Resident split CTAs per SM the register allocation aims at (Shape::kCtasPerSm, from
-// attention_ctas_per_sm: <= 128 registers up to head_dim 128, <= 255 at 256 with 8 warps).
-// Shared memory allows this many (checked in the kernel).
 
 // Programmatic dependent launch (sm_90): both kernels may be launched before the previous kernel of
 // the stream has finished; wait_for_prior_grids() returns once it has and its writes are visible.
