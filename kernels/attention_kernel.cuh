@@ -997,6 +997,43 @@ __device__ __forceinline__ void attend_chunk(const AttentionParams& p, const Chu
   }
 }
 
+// Output row `row` (of q / out), q head `head`, from its merged accumulators x (this lane's
+// device::WarpVector coordinates, unnormalised, in the values' rotated domain), its reference max
+// `top` (log2 units) and its sum `total`: divides by the sum, un-rotates (x = s * H y / sqrt(d);
+// raw values, p.value_raw, are plain and have no signs), stores q's dtype and the lse. Every lane of
+// the warp calls it (the transform shuffles). A row with nothing attended (total 0) is zeros, lse
+// -inf.
+template <int HeadDim, DType OutType>
+__device__ __forceinline__ void store_output_row(const AttentionParams& p, int32_t row, int32_t head,
+                                                 float (&x)[device::WarpVector<HeadDim>::kCoords], float top,
+                                                 float total, int lane) {
+  using V = device::WarpVector<HeadDim>;
+  const int c0 = V::first(lane);
+  const float inverse = total > 0.0f ? __fdividef(1.0f, total) : 0.0f;
+#pragma unroll
+  for (int k = 0; k < V::kCoords; ++k) x[k] *= inverse;
+  if (!p.value_raw) device::warp_walsh_hadamard<HeadDim>(x, lane);  // warp-uniform
+  const float scale = p.value_raw ? 1.0f : rht_scale<float>(HeadDim);
+  const uint32_t signs = V::lane_signs(p.value_signs, lane);
+  uint32_t packed[V::kCoords / kPair];
+#pragma unroll
+  for (int i = 0; i < V::kCoords / kPair; ++i) {
+    const float a = x[2 * i] * scale, b = x[2 * i + 1] * scale;
+    packed[i] = device::pack_pair<OutType>((signs >> (2 * i)) & 1u ? -a : a, (signs >> (2 * i + 1)) & 1u ? -b : b);
+  }
+  auto* dst = static_cast<uint8_t*>(p.out) +
+              (static_cast<int64_t>(row) * p.out_stride0 + static_cast<int64_t>(head) * p.out_stride1 + c0) * kQElementBytes;
+  if (lane < V::kLanes) {
+    if constexpr (V::kCoords == 8) {
+      device::store16(dst, make_uint4(packed[0], packed[1], packed[2], packed[3]));
+    } else {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(packed[0], packed[1]);
+    }
+  }
+  if (lane == 0 && p.lse != nullptr)
+    p.lse[static_cast<int64_t>(row) * p.q_heads + head] = total > 0.0f ? (top + log2f(total)) * kLn2 : kNegInf;
+}
+
 // Programmatic dependent launch (sm_90): both kernels may be launched before the previous kernel of
 // the stream has finished; wait_for_prior_grids() returns once it has and its writes are visible.
 // Nothing the previous kernel may write (queries, block table, lengths, pages, the workspace a
@@ -1100,9 +1137,14 @@ __global__ void __launch_bounds__(Shape<HeadDim, KeyBits, ValueBits, PvTiles>::k
     query[u] = load_query<HeadDim>(p, token_row0, kv, head0 + S::kWarps * u, heads - S::kWarps * u, warp);
   const int64_t row0 = static_cast<int64_t>(seq) * p.q_heads + static_cast<int64_t>(kv) * p.group + head0;
   // The partial row (= q / out row * q_heads + head) of local head h; row0 + h in decode.
-  const auto partial_row = [&](int h) {
+  // Local head h's query row (of q / out) and q head; its partial row is row * q_heads + head.
+  const auto out_place = [&](int h) {
     const int slot = head0 + h, token = slot / p.group;
-    return static_cast<int64_t>(token_row0 + token) * p.q_heads + kv * p.group + (slot - token * p.group);
+    return make_int2(token_row0 + token, kv * p.group + (slot - token * p.group));
+  };
+  const auto partial_row = [&](int h) {
+    const int2 at = out_place(h);
+    return static_cast<int64_t>(at.x) * p.q_heads + at.y;
   };
   // This lane's heads 4 nt + quad (lanes past the tile's heads take its last one, their queries are
   // zero): the keys their tokens attend.
@@ -1121,6 +1163,15 @@ __global__ void __launch_bounds__(Shape<HeadDim, KeyBits, ValueBits, PvTiles>::k
 
   if (begin >= end) {  // nothing to attend in this split: the merge skips it (partial_out unread)
     if (kScores) return;
+    if (p.num_splits == 1) {  // no merge kernel: the rows are zeros (in any dtype), lse -inf
+      for (int i = tid; i < heads * HeadDim; i += S::kThreads) {
+        const int h = i / HeadDim, j = i % HeadDim;
+        const int2 at = out_place(h);
+        static_cast<uint16_t*>(p.out)[static_cast<int64_t>(at.x) * p.out_stride0 + static_cast<int64_t>(at.y) * p.out_stride1 + j] = 0u;
+        if (j == 0 && p.lse != nullptr) p.lse[static_cast<int64_t>(at.x) * p.q_heads + at.y] = kNegInf;
+      }
+      return;
+    }
     if (tid < heads) partial_max_sum[partial_row(tid) * p.num_splits + split] = make_float2(kNegInf, 0.0f);
     return;
   }
@@ -1298,6 +1349,10 @@ __global__ void __launch_bounds__(Shape<HeadDim, KeyBits, ValueBits, PvTiles>::k
   unit_sync();
   // Per slot (one thread each): the merged (max, sum), written out, and each warp's weight
   // 2^(max_w - max) in place of its max, so that the element loop below is loads and FMAs only.
+  // One split (num_splits 1): the CTA holds whole rows, so it does the merge kernel's part too (no
+  // merge launch, no partials): the (max, sum) stay in shared memory, in merge_partial's bytes.
+  const bool whole_rows = p.num_splits == 1;
+  auto* slot_max_sum = reinterpret_cast<float2*>(merge_partial);
   if (tid < heads) {
     const int h = tid;
     float m = kNegInf;
@@ -1311,11 +1366,18 @@ __global__ void __launch_bounds__(Shape<HeadDim, KeyBits, ValueBits, PvTiles>::k
       l += weight * ms.y;
       merge_max_sum[w * S::kSlots + h].x = weight;
     }
-    const int64_t partial = partial_row(h) * p.num_splits + split;
-    partial_max_sum[partial] = make_float2(m, l);
-    merge_partial[h] = partial * HeadDim;
+    if (whole_rows) {
+      slot_max_sum[h] = make_float2(m, l);
+    } else {
+      const int64_t partial = partial_row(h) * p.num_splits + split;
+      partial_max_sum[partial] = make_float2(m, l);
+      merge_partial[h] = partial * HeadDim;
+    }
   }
   unit_sync();
+  // Each element merged over the warps by one thread: into the partial, or with one split into warp
+  // 0's row of merge_out (read and written by that thread only), whose rows are then normalised,
+  // un-rotated and stored, one per warp.
   for (int i = tid; i < heads * HeadDim; i += S::kThreads) {
     const int h = i / HeadDim, j = i % HeadDim;
     float o = 0.0f;
@@ -1323,7 +1385,22 @@ __global__ void __launch_bounds__(Shape<HeadDim, KeyBits, ValueBits, PvTiles>::k
     for (int w = 0; w < S::kWarps; ++w)
       o += merge_max_sum[w * S::kSlots + h].x *
            merge_out[static_cast<size_t>(w) * S::kSlots * S::kMergeRowStride + S::merge_index(h, j)];
-    p.partial_out[merge_partial[h] + j] = o;
+    if (whole_rows) {
+      merge_out[S::merge_index(h, j)] = o;
+    } else {
+      p.partial_out[merge_partial[h] + j] = o;
+    }
+  }
+  if (!whole_rows) return;
+  unit_sync();
+  using V = device::WarpVector<HeadDim>;
+  for (int h = warp; h < heads; h += S::kWarps) {  // warp-uniform
+    float x[V::kCoords];
+#pragma unroll
+    for (int k = 0; k < V::kCoords; ++k) x[k] = merge_out[S::merge_index(h, V::first(lane) + k)];
+    const float2 ml = slot_max_sum[h];
+    const int2 at = out_place(h);
+    store_output_row<HeadDim, QType>(p, at.x, at.y, x, ml.x, ml.y, lane);
   }
   }  // !kScores
 }
@@ -1424,30 +1501,9 @@ __global__ void __launch_bounds__(kMergeThreads)
 #pragma unroll
     for (int k = 0; k < V::kCoords; ++k) x[k] = fmaf(scale, merged[w][c0 + k], x[k]);
   }
-  const float inverse = total > 0.0f ? __fdividef(1.0f, total) : 0.0f;
-#pragma unroll
-  for (int k = 0; k < V::kCoords; ++k) x[k] *= inverse;
-  if (!p.value_raw) device::warp_walsh_hadamard<HeadDim>(x, lane);  // warp-uniform
-  const float scale = p.value_raw ? 1.0f : rht_scale<float>(HeadDim);
-  const uint32_t signs = V::lane_signs(p.value_signs, lane);
-  uint32_t packed[V::kCoords / kPair];
-#pragma unroll
-  for (int i = 0; i < V::kCoords / kPair; ++i) {
-    const float a = x[2 * i] * scale, b = x[2 * i + 1] * scale;
-    packed[i] = device::pack_pair<OutType>((signs >> (2 * i)) & 1u ? -a : a, (signs >> (2 * i + 1)) & 1u ? -b : b);
-  }
   const auto seq = static_cast<int32_t>(v / p.q_heads);
-  const auto head = static_cast<int32_t>(v - static_cast<int64_t>(seq) * p.q_heads);
-  auto* dst = static_cast<uint8_t*>(p.out) +
-              (static_cast<int64_t>(seq) * p.out_stride0 + static_cast<int64_t>(head) * p.out_stride1 + c0) * kQElementBytes;
-  if (lane < V::kLanes) {
-    if constexpr (V::kCoords == 8) {
-      device::store16(dst, make_uint4(packed[0], packed[1], packed[2], packed[3]));
-    } else {
-      *reinterpret_cast<uint2*>(dst) = make_uint2(packed[0], packed[1]);
-    }
-  }
-  if (lane == 0 && p.lse != nullptr) p.lse[v] = total > 0.0f ? (top + log2f(total)) * kLn2 : kNegInf;
+  store_output_row<HeadDim, OutType>(p, seq, static_cast<int32_t>(v - static_cast<int64_t>(seq) * p.q_heads), x, top,
+                                     total, lane);
 }
 
 // Lets `kernel` use `bytes` of dynamic shared memory on the current device, once per device.
@@ -1525,7 +1581,7 @@ cudaError_t launch_decode_attention(const AttentionParams& params, cudaStream_t 
   } else {
     e = ak::launch_split<HeadDim, KeyBits, ValueBits, QType, false>(params, stream);
   }
-  if (e != cudaSuccess) return e;
+  if (e != cudaSuccess || params.num_splits == 1) return e;  // one split: the split kernel stored the rows
   return launch_decode_attention_merge<HeadDim, QType>(params, stream);
 }
 
