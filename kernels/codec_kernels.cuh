@@ -45,9 +45,17 @@ inline constexpr int kDecodeMinBlocksPerSm = (Bits == 2 || Bits == 4) ? 3 : 2;
 inline constexpr int kRotateMinBlocksPerSm = 2;
 inline constexpr int32_t kInt32Max = 0x7fffffff;
 
-// q = n / d and r = n % d for n >= 0: a multiply-high when n < 2^31 (the usual case), else a
-// 64-bit division.
-__device__ inline void divmod(int64_t n, const FastDivisor& d, int64_t& q, int32_t& r) {
+// q = n / d and r = n % d for 0 <= n < 2^31: one multiply-high. Row indices of every codec kernel
+// are below kMaxCodecRows (the host checks), so the walks use this one.
+__device__ inline void divmod(int32_t n, const FastDivisor& d, int32_t& q, int32_t& r) {
+  const auto un = static_cast<uint32_t>(n);
+  const uint32_t uq = (__umulhi(un, d.multiplier) + un) >> d.shift;
+  q = static_cast<int32_t>(uq);
+  r = static_cast<int32_t>(un - uq * static_cast<uint32_t>(d.divisor));
+}
+// The same for any n >= 0 (a paged encode's slot: page * page_size + row may pass 2^31): the
+// multiply-high when n < 2^31, else a 64-bit division.
+__device__ inline void divmod_wide(int64_t n, const FastDivisor& d, int64_t& q, int32_t& r) {
   if (n <= kInt32Max) {
     const auto un = static_cast<uint32_t>(n);
     const uint32_t uq = (__umulhi(un, d.multiplier) + un) >> d.shift;
@@ -136,24 +144,26 @@ __device__ inline void quantize_chunks(const float (&z)[kChunks][device::kChunk]
 // The rows of a warp-stride walk: warp w of the grid takes rows [first, first + kVectorsPerWarp)
 // for first = w * kVectorsPerWarp, then steps by the whole grid. Every lane of a warp runs the
 // same iterations (the shuffles need the full warp); `row` may be past the end (inactive).
+// 32-bit: rows < kMaxCodecRows = 2^30 and the grid is at most the resident blocks, so row + 2 stride
+// (the furthest look-ahead) stays below 2^31.
 template <int kVectorsPerWarp>
 struct RowWalk {
-  int64_t row;
-  int64_t stride;
+  int32_t row;
+  int32_t stride;
   __device__ explicit RowWalk(int lane_vector) {
-    const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / device::kWarpSize;
+    const auto warp = static_cast<int32_t>(blockIdx.x * kWarpsPerBlock + threadIdx.x / device::kWarpSize);
     row = warp * kVectorsPerWarp + lane_vector;
-    stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock * kVectorsPerWarp;
+    stride = static_cast<int32_t>(gridDim.x) * kWarpsPerBlock * kVectorsPerWarp;
   }
   // Whether the warp still has rows (the same answer for every lane of the warp).
-  __device__ bool warp_continues(int64_t rows, int lane_vector) const { return row - lane_vector < rows; }
+  __device__ bool warp_continues(int32_t rows, int lane_vector) const { return row - lane_vector < rows; }
 };
 
 // Where one row of encode goes.
 struct RowPlace {
   bool active = false;  // row < rows
-  int64_t index = 0;    // row = token * heads + head
-  int64_t token = 0;
+  int32_t index = 0;    // row = token * heads + head
+  int32_t token = 0;
   int32_t head = 0;
   int64_t slot = 0;     // paged: slot_mapping[token]
 };
@@ -181,7 +191,7 @@ __host__ __device__ constexpr size_t encode_ring_bytes(DType input) {
 // zero-filled past the end, and returns where the row goes (the slot of a paged row is loaded
 // now and read in the next iteration).
 template <int HeadDim>
-__device__ inline RowPlace issue_encode_row(const EncodeParams& p, int64_t row, int64_t rows, int lane_in_vector,
+__device__ inline RowPlace issue_encode_row(const EncodeParams& p, int32_t row, int32_t rows, int lane_in_vector,
                                             uint32_t slot) {
   using Layout = device::VectorLayout<HeadDim>;
   constexpr uint32_t kWordStride = device::kWarpSize * device::kVectorBytes;  // bytes between words
@@ -191,15 +201,12 @@ __device__ inline RowPlace issue_encode_row(const EncodeParams& p, int64_t row, 
   const auto* src = static_cast<const uint8_t*>(p.input);
   if (r.active) {
     if (p.head_major) {
-      int64_t head = 0;
-      int32_t token = 0;
-      divmod(row, p.token_count, head, token);
-      r.token = token;
-      r.head = static_cast<int32_t>(head);
+      divmod(row, p.token_count, r.head, r.token);
     } else {
       divmod(row, p.heads, r.token, r.head);
     }
-    src += (r.token * p.input_stride0 + r.head * p.input_stride1) * p.input_element_bytes;
+    src += (static_cast<int64_t>(r.token) * p.input_stride0 + static_cast<int64_t>(r.head) * p.input_stride1) *
+           p.input_element_bytes;
     if (p.pages != nullptr) r.slot = __ldg(p.slot_mapping + r.token);
   }
   if (p.input_dtype == DType::kF32) {
@@ -264,7 +271,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kEncodeMinBlocksPerSm)
   const Lookup lookup = p.cells.cells == 0 ? Lookup::kTreeLevels
                         : (p.scale != ScaleMode::kRawNorm || zero_level) ? Lookup::kGridLevels
                                                                           : Lookup::kGrid;
-  const int64_t rows = p.tokens * p.heads.divisor;
+  const auto rows = static_cast<int32_t>(p.tokens * p.heads.divisor);
 
   RowWalk<Layout::kVectorsPerWarp> walk(lane_vector);
   RowPlace next = issue_encode_row<HeadDim>(p, walk.row, rows, lane_in_vector, my_ring_address);
@@ -355,13 +362,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kEncodeMinBlocksPerSm)
       }
       int64_t page = 0;
       int32_t r = 0;
-      divmod(row.slot, p.planes.page_size, page, r);
+      divmod_wide(row.slot, p.planes.page_size, page, r);
       uint8_t* head = p.pages + page * p.planes.page_bytes + row.head * p.planes.head_bytes;
       codes = head + p.planes.codes_offset + static_cast<int64_t>(r) * kCodeBytes;
       scale = head + p.planes.scales_offset + static_cast<int64_t>(r) * p.scale_bytes;
     } else {
-      codes = p.codes + row.index * kCodeBytes;
-      scale = static_cast<uint8_t*>(p.scales) + row.index * p.scale_bytes;
+      codes = p.codes + static_cast<int64_t>(row.index) * kCodeBytes;
+      scale = static_cast<uint8_t*>(p.scales) + static_cast<int64_t>(row.index) * p.scale_bytes;
     }
 #pragma unroll
     for (int u = 0; u < kChunks; ++u) device::store_chunk_codes<Bits>(codes, chunk_of(u), words[u]);
@@ -394,15 +401,15 @@ struct PageLookup {
 // A paged row's sequence, token in the sequence, and page index / row of that token (the token is
 // inside the pages given when page_index < max_pages_per_seq).
 struct PagedPlace {
-  int64_t seq = 0;
+  int32_t seq = 0;
   int32_t token = 0;
-  int64_t page_index = 0;
+  int32_t page_index = 0;
   int32_t in_page = 0;
 };
-__device__ inline PagedPlace paged_place(const DecodeParams& p, int64_t token_row) {
+__device__ inline PagedPlace paged_place(const DecodeParams& p, int32_t token_row) {
   PagedPlace q;
   divmod(token_row, p.max_tokens, q.seq, q.token);
-  divmod(q.token, p.planes.page_size, q.page_index, q.in_page);  // token < max_tokens < 2^31
+  divmod(q.token, p.planes.page_size, q.page_index, q.in_page);
   return q;
 }
 
@@ -412,47 +419,47 @@ __device__ inline PagedPlace paged_place(const DecodeParams& p, int64_t token_ro
 // their page (rather than kVectors heads of one token, a head block apart). `token` may reach
 // dim0 rounded up to kVectors (inactive). decode_rows gives the walk's row count.
 template <int kVectors>
-__device__ inline void decode_row_place(const DecodeParams& p, int64_t row, int64_t& token, int32_t& head) {
+__device__ inline void decode_row_place(const DecodeParams& p, int32_t row, int32_t& token, int32_t& head) {
   if (p.pages == nullptr) {
     divmod(row, p.dim1, token, head);
     return;
   }
   static_assert((kVectors & (kVectors - 1)) == 0, "a power of two");
-  int64_t group = 0;
+  int32_t group = 0;
   divmod(row / kVectors, p.dim1, group, head);
   token = group * kVectors + (row & (kVectors - 1));
 }
 template <int kVectors>
-__device__ inline int64_t decode_rows(const DecodeParams& p) {
-  return p.pages == nullptr ? p.dim0 * p.dim1.divisor
-                            : (p.dim0 + kVectors - 1) / kVectors * kVectors * p.dim1.divisor;
+__device__ inline int32_t decode_rows(const DecodeParams& p) {
+  return static_cast<int32_t>(p.pages == nullptr ? p.dim0 * p.dim1.divisor
+                                                 : (p.dim0 + kVectors - 1) / kVectors * kVectors * p.dim1.divisor);
 }
 
 template <int kVectors>
-__device__ inline PageLookup lookup_page(const DecodeParams& p, int64_t row, int64_t rows) {
+__device__ inline PageLookup lookup_page(const DecodeParams& p, int32_t row, int32_t rows) {
   PageLookup l;
   if (p.pages == nullptr || row >= rows) return l;
-  int64_t token_row = 0;
+  int32_t token_row = 0;
   int32_t head = 0;
   decode_row_place<kVectors>(p, row, token_row, head);
   if (token_row >= p.dim0) return l;
   const PagedPlace q = paged_place(p, token_row);
   if (q.page_index < p.max_pages_per_seq) {
     l.seq_len = __ldg(p.seq_lens + q.seq);
-    l.page = __ldg(p.block_table + q.seq * p.max_pages_per_seq + q.page_index);
+    l.page = __ldg(p.block_table + static_cast<int64_t>(q.seq) * p.max_pages_per_seq + q.page_index);
   }
   return l;
 }
 
 // Issues the loads of row `row` (paged: its block-table side from lookup_page, loaded before).
 template <int HeadDim, int Bits, int kVectors, int kChunks, typename ChunkOf>
-__device__ inline void load_decode_row(const DecodeParams& p, int64_t row, int64_t rows, const PageLookup& l,
+__device__ inline void load_decode_row(const DecodeParams& p, int32_t row, int32_t rows, const PageLookup& l,
                                        ChunkOf chunk_of, DecodeRow<kChunks>& r) {
   constexpr int kCodeBytes = HeadDim * Bits / device::kBitsPerByte;
   bool active = row < rows;
   const uint8_t* codes = nullptr;
   const uint8_t* scale = nullptr;
-  int64_t token = 0;
+  int32_t token = 0;
   int32_t head = 0;
   if (active) {
     decode_row_place<kVectors>(p, row, token, head);
@@ -461,17 +468,19 @@ __device__ inline void load_decode_row(const DecodeParams& p, int64_t row, int64
       const PagedPlace q = paged_place(p, token);
       active = token < p.dim0 && q.token < l.seq_len && l.page >= 0 && l.page < p.num_pages;
       if (active) {
-        const uint8_t* at = p.pages + static_cast<int64_t>(l.page) * p.planes.page_bytes + head * p.planes.head_bytes;
+        const uint8_t* at =
+            p.pages + static_cast<int64_t>(l.page) * p.planes.page_bytes + static_cast<int64_t>(head) * p.planes.head_bytes;
         codes = at + p.planes.codes_offset + static_cast<int64_t>(q.in_page) * kCodeBytes;
         scale = at + p.planes.scales_offset + static_cast<int64_t>(q.in_page) * p.scale_bytes;
       }
     } else {
-      codes = p.codes + row * kCodeBytes;
-      scale = static_cast<const uint8_t*>(p.scales) + row * p.scale_bytes;
+      codes = p.codes + static_cast<int64_t>(row) * kCodeBytes;
+      scale = static_cast<const uint8_t*>(p.scales) + static_cast<int64_t>(row) * p.scale_bytes;
     }
   }
   r.dst = active ? static_cast<uint8_t*>(p.output) +
-                       (token * p.output_stride0 + head * p.output_stride1) * p.output_element_bytes
+                       (static_cast<int64_t>(token) * p.output_stride0 + static_cast<int64_t>(head) * p.output_stride1) *
+                           p.output_element_bytes
                  : nullptr;
   r.scale_bits = active ? load_scale_bits(scale, p.norm) : 0u;
 #pragma unroll
@@ -508,7 +517,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm<Bits>)
   const auto chunk_of = [lane_in_vector](int u) { return Layout::chunk_index(lane_in_vector, u); };
   const uint32_t pair_copy = device::pair_copy_offset(lane);
   constexpr int kVectors = Layout::kVectorsPerWarp;
-  const int64_t rows = decode_rows<kVectors>(p);
+  const int32_t rows = decode_rows<kVectors>(p);
 
   RowWalk<kVectors> walk(lane_vector);
   DecodeRow<kChunks> next;
@@ -552,13 +561,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kDecodeMinBlocksPerSm<Bits>)
 template <int kChunks>
 struct RotateRow {
   bool active = false;
-  int64_t token = 0;
+  int32_t token = 0;
   int32_t head = 0;
   device::RawChunks<kChunks> raw;
 };
 
 template <int kChunks, typename ChunkOf>
-__device__ inline void load_rotate_row(const RotateParams& p, int64_t row, int64_t rows, ChunkOf chunk_of,
+__device__ inline void load_rotate_row(const RotateParams& p, int32_t row, int32_t rows, ChunkOf chunk_of,
                                        RotateRow<kChunks>& r) {
   r.active = row < rows;
   if (!r.active) {
@@ -567,7 +576,8 @@ __device__ inline void load_rotate_row(const RotateParams& p, int64_t row, int64
   }
   divmod(row, p.dim1, r.token, r.head);
   const auto* src = static_cast<const uint8_t*>(p.input) +
-                    (r.token * p.input_stride0 + r.head * p.input_stride1) * p.input_element_bytes;
+                    (static_cast<int64_t>(r.token) * p.input_stride0 + static_cast<int64_t>(r.head) * p.input_stride1) *
+                        p.input_element_bytes;
   // Plain (coherent) loads: the output may be the same memory (in place). A row is read (one
   // iteration ahead) before it is written, and only by the lanes that write it.
   device::load_raw_chunks<kChunks, false>(src, p.input_dtype, chunk_of, r.raw);
@@ -596,7 +606,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kRotateMinBlocksPerSm)
       store_flip[u].pair[i] = s.pair[i] & store_mask;
     }
   }
-  const int64_t rows = p.dim0 * p.dim1.divisor;
+  const auto rows = static_cast<int32_t>(p.dim0 * p.dim1.divisor);
 
   RowWalk<Layout::kVectorsPerWarp> walk(lane_vector);
   RotateRow<kChunks> next;
@@ -606,7 +616,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kRotateMinBlocksPerSm)
     float x[kChunks][device::kChunk];
     device::convert_raw_chunks(next.raw, p.input_dtype, load_flip, x);
     const bool active = next.active;
-    const int64_t token = next.token;
+    const int32_t token = next.token;
     const int32_t head = next.head;
     load_rotate_row(p, walk.row + walk.stride, rows, chunk_of, next);  // in flight during this row
 
@@ -618,7 +628,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kRotateMinBlocksPerSm)
 #pragma unroll
       for (int k = 0; k < device::kChunk; ++k) x[u][k] = __fmul_rn(x[u][k], kRhtScale);
     auto* dst = static_cast<uint8_t*>(p.output) +
-                (token * p.output_stride0 + head * p.output_stride1) * p.output_element_bytes;
+                (static_cast<int64_t>(token) * p.output_stride0 + static_cast<int64_t>(head) * p.output_stride1) *
+                    p.output_element_bytes;
     device::store_chunks<kChunks>(dst, p.output_dtype, chunk_of, store_flip, x);
   }
 }

@@ -14,6 +14,11 @@
 
 namespace turboquant::cuda::detail {
 
+// Most rows (vectors: dim0 * dim1; paged decode: dim0 rounded up to 16, times dim1) of one codec
+// call: the kernels index rows with 32 bits and look two grid strides ahead. A row is at least 128
+// bytes of vector (head_dim 64 in fp16), so 2^30 rows are 137 GB of input or output.
+inline constexpr int64_t kMaxCodecRows = int64_t{1} << 30;
+
 // n / divisor and n % divisor by a multiply-high, an add and a shift, for 0 <= n < 2^31
 // (Granlund-Montgomery, as CUTLASS's FastDivmod); divisor >= 1.
 struct FastDivisor {
@@ -49,7 +54,7 @@ struct EncodeParams {
   int64_t input_stride1 = 0;          // elements between heads
   int64_t tokens = 0;
   FastDivisor heads{};                // rows per token
-  bool head_major = false;            // paged with tokens < 2^31: rows walked as row = head * tokens
+  bool head_major = false;            // paged (always): rows walked as row = head * tokens
                                       // + token, so that a warp writes the codes of consecutive
                                       // tokens of one head, side by side in a page (whole 32-byte
                                       // sectors, also at 3 bits); else row = token * heads + head

@@ -4,7 +4,6 @@
 #include "turboquant/cuda/codec.hpp"
 
 #include <cstdint>
-#include <limits>
 
 #include "codec_params.hpp"
 #include "codec_table.hpp"
@@ -35,9 +34,20 @@ Status find_codec(const CodecSpec& c, const detail::CodecKernels** kernels) noex
   return Status::ok();
 }
 
+// The rows of view `name` ([dim0, dim1], dim0 rounded up to a multiple of `round`) in one call: at
+// most detail::kMaxCodecRows (checked without overflow; dims are >= 1 here).
+Status check_rows(const char* name, int64_t dim0, int64_t dim1, int64_t round = 1) noexcept {
+  const int64_t most_dim0 = detail::kMaxCodecRows / dim1 / round * round;
+  if (dim0 > most_dim0)
+    return make_status(StatusCode::kInvalidArgument, name, " is [", dim0, ", ", dim1, "]: more than ",
+                       detail::kMaxCodecRows, " (2^30) rows in one call (32-bit row indices); split the call");
+  return Status::ok();
+}
+
 Status check_encode(const EncodeArgs& a, const detail::CodecKernels** kernels, bool* dense) noexcept {
   TQ_RETURN_IF_ERROR(find_codec(a.codec, kernels));
   TQ_RETURN_IF_ERROR(checks::vectors("input", a.input, a.codec.head_dim, kVectorAlignment));
+  TQ_RETURN_IF_ERROR(check_rows("input", a.input.dim0, a.input.dim1));
   TQ_RETURN_IF_ERROR(checks::dense_or_paged("destination", a.dense.codes, a.dense.scales, a.paged.pages, dense));
   if (*dense) {
     TQ_RETURN_IF_ERROR(checks::dense_codes("dense", a.dense, a.codec));
@@ -55,6 +65,8 @@ Status check_decode(const DecodeArgs& a, const detail::CodecKernels** kernels, b
   TQ_RETURN_IF_ERROR(find_codec(a.codec, kernels));
   TQ_RETURN_IF_ERROR(checks::dense_or_paged("source", a.dense.codes, a.dense.scales, a.paged.pages, dense));
   TQ_RETURN_IF_ERROR(checks::vectors("output", a.output, a.codec.head_dim, kVectorAlignment));
+  // A paged walk covers dim0 rounded up to a warp's vectors (at most 16).
+  TQ_RETURN_IF_ERROR(check_rows("output", a.output.dim0, a.output.dim1, *dense ? 1 : 16));
   if (*dense) {
     TQ_RETURN_IF_ERROR(checks::dense_codes("dense", a.dense, a.codec));
     TQ_RETURN_IF_ERROR(check_alignment("dense.codes", a.dense.codes, kCodesAlignment));
@@ -82,6 +94,7 @@ Status check_rotate(const RotateArgs& a, const detail::RotateKernels** kernels) 
     return make_status(StatusCode::kUnsupportedFormat, "no CUDA rotate kernel built for head_dim = ", d);
   TQ_RETURN_IF_ERROR(checks::vectors("input", a.input, d, kVectorAlignment));
   TQ_RETURN_IF_ERROR(checks::vectors("output", a.output, d, kVectorAlignment));
+  TQ_RETURN_IF_ERROR(check_rows("input", a.input.dim0, a.input.dim1));
   if (a.output.dim0 != a.input.dim0 || a.output.dim1 != a.input.dim1)
     return make_status(StatusCode::kInvalidArgument, "output is [", a.output.dim0, ", ", a.output.dim1,
                        "] rows but input is [", a.input.dim0, ", ", a.input.dim1, "]");
@@ -139,10 +152,8 @@ Status encode(const EncodeArgs& a, Workspace /*workspace*/, cudaStream_t stream)
     p.slot_mapping = a.paged.slot_mapping;
     p.num_slots = a.paged.num_pages * a.paged.layout.page_size;
     p.planes = planes(a.paged.layout, a.paged.value_side);
-    if (a.input.dim0 <= std::numeric_limits<int32_t>::max()) {
-      p.head_major = true;
-      p.token_count = detail::make_fast_divisor(static_cast<int32_t>(a.input.dim0));
-    }
+    p.head_major = true;  // dim0 <= kMaxCodecRows (check_encode)
+    p.token_count = detail::make_fast_divisor(static_cast<int32_t>(a.input.dim0));
   }
   p.nonfinite_count = a.nonfinite_count;
   p.bad_slot_count = a.bad_slot_count;

@@ -334,6 +334,39 @@ void check_encode_decode_parity(const tq::CodecSpec& c, const HostTensor& in, Pa
 
 // ---- the table ---------------------------------------------------------------------------------
 
+// More than 2^30 rows in one call (the kernels index rows with 32 bits) is a Status naming the view,
+// checked before anything touches memory (the pointers here are never dereferenced).
+TEST(CudaCodecHost, TooManyRowsIsAStatus) {
+  constexpr int32_t d = 128;
+  constexpr int64_t kRows = (int64_t{1} << 30) + 1;
+  const tq::CodecSpec codec = codec_for(d, 4, tq::ScaleMode::kLeastSquares, tq::NormStorage::kF16);
+  auto* fake = reinterpret_cast<uint8_t*>(uintptr_t{1} << 40);  // 256-byte aligned, never read
+  tqc::EncodeArgs e;
+  e.codec = codec;
+  e.input = tq::matrix_view<const void*>(fake, tq::DType::kF16, kRows, d);
+  e.dense = {fake, fake};
+  tq::Status st = tqc::can_implement(e);
+  EXPECT_EQ(st.code(), tq::StatusCode::kInvalidArgument) << st.to_string();
+  EXPECT_NE(st.to_string().find("input is [1073741825"), std::string::npos) << st.to_string();
+  e.input = tq::matrix_view<const void*>(fake, tq::DType::kF16, kRows - 1, d);
+  EXPECT_TRUE(tqc::can_implement(e).is_ok()) << tqc::can_implement(e).to_string();
+
+  tqc::DecodeArgs dec;
+  dec.codec = codec;
+  dec.dense = {fake, fake};
+  dec.output = tq::matrix_view<void*>(fake, tq::DType::kF16, kRows, d);
+  st = tqc::can_implement(dec);
+  EXPECT_EQ(st.code(), tq::StatusCode::kInvalidArgument) << st.to_string();
+  EXPECT_NE(st.to_string().find("output is [1073741825"), std::string::npos) << st.to_string();
+
+  tqc::RotateArgs r;
+  r.input = tq::matrix_view<const void*>(fake, tq::DType::kF16, kRows, d);
+  r.output = tq::matrix_view<void*>(fake, tq::DType::kF16, kRows, d);
+  st = tqc::can_implement(r);
+  EXPECT_EQ(st.code(), tq::StatusCode::kInvalidArgument) << st.to_string();
+  EXPECT_NE(st.to_string().find("2^30"), std::string::npos) << st.to_string();
+}
+
 TEST(CudaCodecHost, TableCoversEveryHeadDimAndBits) {
   std::vector<std::pair<int, int>> seen;
   for (int32_t i = 0; i < tqc::num_codec_kernels(); ++i) seen.emplace_back(tqc::codec_kernel(i).head_dim, tqc::codec_kernel(i).bits);
