@@ -24,6 +24,7 @@
 #include "turboquant/cpu/attention.hpp"
 #include "turboquant/cpu/codec.hpp"
 #include "turboquant/cuda/attention.hpp"
+#include "attention_params.hpp"  // kernels/: the split search (plain C++)
 
 namespace {
 
@@ -815,6 +816,45 @@ TEST(CudaAttentionHost, TableHeuristicWorkspace) {
       b.cache.layout = layout::page_layout(b.format, 16, 8);
       EXPECT_EQ(tqcuda::decode_attention_splits(b), k4) << "batch " << seqs << " x " << context;
     }
+}
+
+// The heuristic's search (attention_split_count: incremental waves, a stopping bound) against the
+// exhaustive search it replaces: every split count of [1, most], ties to the fewest. Shapes from a
+// single sequence to more units than slots, slots of 1 to 4 waves' worth, odd chunk counts.
+TEST(CudaAttentionHost, SplitSearchMatchesExhaustive) {
+  const auto exhaustive = [](int32_t chunks, int32_t most, int64_t units, int64_t slots, int32_t prologue) {
+    int32_t best = 1;
+    int64_t best_cost = -1;
+    for (int32_t s = 1; s <= most; ++s) {
+      const int64_t waves = (units * s + slots - 1) / slots;
+      const int64_t cost = waves * ((int64_t{chunks} + s - 1) / s + prologue);
+      if (best_cost < 0 || cost < best_cost) {
+        best_cost = cost;
+        best = s;
+      }
+    }
+    return best;
+  };
+  int64_t cases = 0;
+  for (const int32_t chunks : {1, 2, 15, 16, 17, 100, 255, 256, 1000, 1024, 2048, 4097, 8192, 16384, 65537, 1 << 20})
+    for (const int64_t units : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{8}, int64_t{24}, int64_t{64},
+                                int64_t{256}, int64_t{263}, int64_t{1000}, int64_t{4096}, int64_t{65535} * 8})
+      for (const int64_t slots : {int64_t{1}, int64_t{66}, int64_t{132}, int64_t{264}, int64_t{396}, int64_t{1056}})
+        for (const int32_t prologue : {0, 1, 8, 40}) {
+          const int32_t useful = chunks <= 16 ? 1 : (chunks + 15) / 16;
+          for (const int32_t most : {useful < 256 ? useful : 256, 1, 7}) {
+            ASSERT_EQ(tqcuda::detail::attention_split_count(chunks, most, units, slots, prologue),
+                      exhaustive(chunks, most, units, slots, prologue))
+                << "chunks " << chunks << ", most " << most << ", units " << units << ", slots " << slots
+                << ", prologue " << prologue;
+            ++cases;
+          }
+        }
+  EXPECT_GT(cases, 10000);
+  // The bench shapes on an H200 (132 SMs, two units per SM, 8 KV heads, 8 prologue chunks).
+  EXPECT_EQ(tqcuda::detail::attention_split_count(8192, 256, 8, 264, 8), 33);  // 1 x 128K
+  EXPECT_EQ(tqcuda::detail::attention_split_count(2048, 128, 8, 264, 8), 33);  // 1 x 32K
+  EXPECT_EQ(tqcuda::detail::attention_split_count(1024, 64, 256, 264, 8), 1);  // 32 x 16K
 }
 
 }  // namespace
