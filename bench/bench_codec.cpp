@@ -9,8 +9,8 @@
 // bytes), GB/s, pct_copy (percent of this card's device-to-device copy bandwidth, measured once at
 // start with a 1 GiB cudaMemcpyAsync, bytes read + written, as ../shared/device/fp16_baseline.py)
 // and floor_us (bytes at copy bandwidth); median_us and pct_copy_median take the median call
-// instead of the mean (the copy bandwidth is itself a median). Each iteration is timed alone with CUDA events and the
-// buffer sets rotate so that the working set (> 200 MB) does not fit in L2.
+// instead of the mean (the copy bandwidth is itself a median). Each iteration is timed alone with
+// CUDA events and the buffer sets rotate so that the working set (> 200 MB) does not fit in L2.
 // Without a CUDA device it prints a note and exits 0.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
